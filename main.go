@@ -1,0 +1,230 @@
+// Command tlspolicyd tells a mail server how outbound mail to each
+// destination must be protected by TLS. It answers Postfix's
+// smtp_tls_policy_maps lookups (socketmap and tcp_table) from YAML rules, so
+// that mail which must be encrypted is never sent in plaintext.
+//
+// Usage (SPEC.md):
+//
+//	tlspolicyd [serve] [-config FILE]
+//	tlspolicyd check   [-config FILE]
+//	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
+//	tlspolicyd version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tlspolicyd/tlspolicyd/policyd"
+)
+
+const defaultConfig = "./rules.yaml"
+
+// shutdownGrace is how long SIGTERM waits for requests in flight.
+const shutdownGrace = 10 * time.Second
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run dispatches a subcommand and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "check":
+		return check(args, stdout, stderr)
+	case "query":
+		return query(args, stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "tlspolicyd %s (%s)\n", version(), runtime.Version())
+		return 0
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "tlspolicyd: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  tlspolicyd [serve] [-config FILE]         run the daemon (default FILE: ./rules.yaml)
+  tlspolicyd check   [-config FILE]         validate the configuration
+  tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
+                                            decide once and say why
+  tlspolicyd version
+`)
+}
+
+// flags parses the common -config flag (and any extra flags set up by
+// add) and returns the positional arguments.
+func flags(name string, args []string, stderr io.Writer, add func(*flag.FlagSet)) (string, []string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", defaultConfig, "configuration `file`")
+	if add != nil {
+		add(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", nil, false
+	}
+	return *config, fs.Args(), true
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	config, rest, ok := flags("check", args, stderr, nil)
+	if !ok || len(rest) > 0 {
+		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE]")
+		return 2
+	}
+	p, err := policyd.LoadFile(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: valid (%d destination rules, %d sender classes)\n", config, len(p.Rules), len(p.Classes))
+	return 0
+}
+
+func query(args []string, stdout, stderr io.Writer) int {
+	var sender string
+	config, rest, ok := flags("query", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&sender, "sender", "", "envelope sender `address` (picks the sender class)")
+	})
+	if !ok || len(rest) != 1 {
+		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] DESTINATION")
+		return 2
+	}
+	p, err := policyd.LoadFile(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	e := policyd.NewEngine(p)
+	d := e.Decide(context.Background(), rest[0], sender)
+	mapName := policyd.MapTLSPolicy
+	if d.Class != nil {
+		mapName = d.Class.Name
+	}
+	answer := "NOTFOUND"
+	if d.Found() {
+		answer = d.Answer.Text
+	} else if d.Answer.Status != policyd.StatusNotFound {
+		answer = fmt.Sprintf("%s %s", d.Answer.Status, d.Answer.Text)
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", rest[0], answer)
+	if d.Key.Kind != 0 {
+		fmt.Fprintf(stdout, "  key:     %s (%s)\n", d.Key, d.Key.Kind)
+	}
+	fmt.Fprintf(stdout, "  map:     %s\n", mapName)
+	fmt.Fprintf(stdout, "  why:     %s\n", p.Explain(d))
+	if !d.Found() {
+		return 1
+	}
+	return 0
+}
+
+func serve(args []string, stderr io.Writer) int {
+	config, rest, ok := flags("serve", args, stderr, nil)
+	if !ok || len(rest) > 0 {
+		fmt.Fprintln(stderr, "usage: tlspolicyd serve [-config FILE]")
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	p, err := policyd.LoadFile(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		log.Error("configuration is invalid; not starting", "config", config)
+		return 1
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+	)
+	d := policyd.NewDaemon(p, reg, reg, log)
+
+	// Subscribe before listening so that a signal sent as soon as the
+	// ports answer is not lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	if err := d.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	log.Info("tlspolicyd started", "version", version(), "config", config,
+		"rules", len(p.Rules), "classes", len(p.Classes))
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if err := d.Reload(); err != nil {
+				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err)
+			} else {
+				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Policy().Rules))
+			}
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String())
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		err := d.Shutdown(ctx)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			log.Error("shutdown", "err", err)
+		}
+		return 0
+	}
+	return 0
+}
+
+// version is the module version, or the VCS revision of a source build.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "devel-" + rev
+}

@@ -1,0 +1,46 @@
+package policyd
+
+import "context"
+
+// Status is the outcome of a table lookup, independent of the wire format
+// that carries it.
+type Status uint8
+
+const (
+	// StatusOK: Text is the value (a Postfix policy, a transport route).
+	StatusOK Status = iota
+	// StatusNotFound: the table has no entry for the key.
+	StatusNotFound
+	// StatusTemp: a temporary failure; Postfix defers the mail. Text says why.
+	StatusTemp
+	// StatusPerm: a permanent failure (unknown map, malformed request). Text says why.
+	StatusPerm
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusNotFound:
+		return "notfound"
+	case StatusTemp:
+		return "temp"
+	case StatusPerm:
+		return "perm"
+	}
+	return "unknown"
+}
+
+// Answer is the result of one table lookup. For the hot path Text is a
+// string prepared when the rules were loaded, so answering allocates nothing.
+type Answer struct {
+	Status Status
+	Text   string
+}
+
+// TableLookup answers Postfix table lookups: mapName is the socketmap name
+// ("tlspolicy", a class name, "transport"); key is the raw key Postfix sent.
+// The engine implements it; the wire codecs call it.
+type TableLookup interface {
+	LookupTable(ctx context.Context, mapName, key string) Answer
+}

@@ -1,0 +1,142 @@
+package policyd
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShippedRulesLoad(t *testing.T) {
+	t.Parallel()
+	p, err := LoadFile("../rules.yaml")
+	if err != nil {
+		t.Fatalf("the shipped rules.yaml must be valid:\n%v", err)
+	}
+	s := p.Settings
+	if s.Listen.Socketmap != "127.0.0.1:10028" || s.Listen.TCPTable != "127.0.0.1:10029" || s.Listen.HTTP != "127.0.0.1:10032" {
+		t.Errorf("listeners = %+v, want the SPEC ports on loopback", s.Listen)
+	}
+	if p.Defaults.Level != LevelMay || p.Defaults.Upgrade != UpgradeEncrypt {
+		t.Errorf("defaults = %s/%s, want may with upgrade encrypt", p.Defaults.Level, p.Defaults.Upgrade)
+	}
+	if s.ProbeWait != 5*time.Second || s.ProbeTTL != 6*time.Hour || s.PinTTL != 720*time.Hour {
+		t.Errorf("probe settings = %+v", s)
+	}
+}
+
+// TestShippedExamplesLoad uncomments every example in rules.yaml, so the
+// examples a postmaster copies are valid too.
+func TestShippedExamplesLoad(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, tail, ok := strings.Cut(string(data), "destinations: []")
+	if !ok {
+		t.Fatal("rules.yaml has no \"destinations: []\" line")
+	}
+	tail = strings.Replace(tail, "classes: []", "classes:", 1)
+	text := head + "destinations:" + regexp.MustCompile(`(?m)^#(  [ -])`).ReplaceAllString(tail, "$1")
+	p, err := Load("rules.yaml (examples)", []byte(text))
+	if err != nil {
+		t.Fatalf("uncommented examples do not load:\n%v\n%s", err, text)
+	}
+	if len(p.Rules) != 4 || len(p.Classes) != 1 {
+		t.Fatalf("got %d rules and %d classes, want 4 and 1", len(p.Rules), len(p.Classes))
+	}
+	if r := p.Rules[3]; r.MTASTS || r.DANE {
+		t.Errorf("legacy rule opts out of mtasts and dane, got %+v", r)
+	}
+}
+
+func TestDefaultsOfEmptyFile(t *testing.T) {
+	t.Parallel()
+	p, err := Load("empty.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Settings
+	want := Settings{
+		SocketMode: 0o666, DNSTimeout: 5 * time.Second, ProbePort: 25,
+		ProbeTimeout: 30 * time.Second, ProbeTTL: 6 * time.Hour, ProbeNegTTL: 10 * time.Minute,
+		ProbeWait: 5 * time.Second, StatePath: "/var/lib/tlspolicyd/state.db", PinTTL: 720 * time.Hour,
+		MTASTSEnabled: true, PostfixVersion: Version{3, 7}, MinimumTLS: "TLSv1.2",
+	}
+	want.Listen.SocketMode = "0666"
+	if s.SocketMode != want.SocketMode || s.DNSTimeout != want.DNSTimeout || s.ProbePort != want.ProbePort ||
+		s.ProbeTimeout != want.ProbeTimeout || s.ProbeTTL != want.ProbeTTL || s.ProbeNegTTL != want.ProbeNegTTL ||
+		s.ProbeWait != want.ProbeWait || s.StatePath != want.StatePath || s.PinTTL != want.PinTTL ||
+		s.MTASTSEnabled != want.MTASTSEnabled || s.PostfixVersion != want.PostfixVersion || s.MinimumTLS != want.MinimumTLS {
+		t.Errorf("defaults:\n got %+v\nwant %+v", s, want)
+	}
+	if p.Defaults.Level != LevelMay || p.Defaults.Upgrade != UpgradeEncrypt {
+		t.Errorf("default rule = %+v", p.Defaults)
+	}
+}
+
+var wantRE = regexp.MustCompile(`(?m)^# want: (\d+): (.*)$`)
+
+// TestBadConfigs loads every file in testdata/bad. Each file states the
+// errors it must produce in "# want: LINE: message-prefix" comments; the
+// errors must be exactly those, in that order.
+func TestBadConfigs(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("testdata/bad/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bad configs found: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			t.Parallel()
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wants := wantRE.FindAllStringSubmatch(string(data), -1)
+			if len(wants) == 0 {
+				t.Fatal("file states no expected error")
+			}
+			_, err = LoadFile(file)
+			var errs ConfigErrors
+			if !errors.As(err, &errs) {
+				t.Fatalf("LoadFile = %v, want ConfigErrors", err)
+			}
+			if len(errs) != len(wants) {
+				t.Errorf("got %d errors, want %d:\n%v", len(errs), len(wants), err)
+			}
+			for i, w := range wants {
+				if i >= len(errs) {
+					break
+				}
+				line, _ := strconv.Atoi(w[1])
+				got := errs[i]
+				if got.File != file || got.Line != line || !strings.HasPrefix(got.Msg, w[2]) {
+					t.Errorf("error %d:\n got %s\nwant %s:%d: %s...", i, got, file, line, w[2])
+				}
+			}
+		})
+	}
+}
+
+func TestConfigErrorText(t *testing.T) {
+	t.Parallel()
+	_, err := Load("x.yaml", []byte("defaults:\n  level: maybe\n"))
+	want := `x.yaml:2: defaults.level: unknown TLS level "maybe" (write one of: none, may, encrypt, verify, secure, dane, dane-only)`
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v\nwant  %s", err, want)
+	}
+}
+
+func TestLoadFileMissing(t *testing.T) {
+	t.Parallel()
+	_, err := LoadFile("testdata/does-not-exist.yaml")
+	if err == nil || !strings.HasPrefix(err.Error(), "testdata/does-not-exist.yaml: open ") {
+		t.Errorf("error = %v", err)
+	}
+}

@@ -1,0 +1,184 @@
+package policyd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Daemon runs every configured listener over one engine. main builds it
+// with the registry it owns; tests build it the same way in-process.
+type Daemon struct {
+	Engine  *Engine
+	metrics *Metrics
+	log     *slog.Logger
+	gather  prometheus.Gatherer
+	now     func() time.Time
+
+	mu      sync.Mutex // guards reloads; lookups never take it
+	servers []*Server
+	http    *http.Server
+	wg      sync.WaitGroup
+}
+
+// NewDaemon prepares a daemon answering from p. Collectors are registered
+// on reg and /metrics serves gather.
+func NewDaemon(p *Policy, reg prometheus.Registerer, gather prometheus.Gatherer, log *slog.Logger) *Daemon {
+	d := &Daemon{
+		Engine:  NewEngine(p),
+		metrics: NewMetrics(reg),
+		log:     log,
+		gather:  gather,
+		now:     time.Now,
+	}
+	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
+	return d
+}
+
+// Start opens every configured listener and serves in the background. If
+// any listener cannot be opened, the ones already open are closed and the
+// error says which failed.
+func (d *Daemon) Start() error {
+	s := d.Engine.Policy().Settings
+	type proto struct {
+		name, addr string
+		codec      Codec
+	}
+	protos := []proto{
+		{"socketmap", s.Listen.Socketmap, NewSocketmapCodec(d.Engine)},
+		{"tcptable", s.Listen.TCPTable, NewTCPTableCodec(d.Engine)},
+	}
+	for key, addr := range map[string]string{"policy": s.Listen.Policy, "exim": s.Listen.Exim} {
+		if addr != "" {
+			d.log.Warn("this version does not serve this protocol yet; the listener is not started", "listen", key, "addr", addr)
+		}
+	}
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	for _, p := range protos {
+		if p.addr == "" {
+			continue
+		}
+		l, err := Listen(p.addr, s.SocketMode)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen.%s: %w", p.name, err)
+		}
+		listeners = append(listeners, l)
+		d.servers = append(d.servers, &Server{
+			Protocol: p.name,
+			Codec:    p.codec,
+			Logger:   d.log.With("protocol", p.name),
+			Metrics:  d.metrics.Protocol(p.name),
+		})
+	}
+	var httpL net.Listener
+	if s.Listen.HTTP != "" {
+		l, err := Listen(s.Listen.HTTP, s.SocketMode)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen.http: %w", err)
+		}
+		httpL = l
+	}
+	if len(listeners) == 0 && httpL == nil {
+		return errors.New("no listener is configured (set listen.socketmap, listen.tcptable or another listen key)")
+	}
+	for i, srv := range d.servers {
+		l := listeners[i]
+		d.log.Info("listening", "protocol", srv.Protocol, "addr", l.Addr().String())
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, ErrServerClosed) {
+				d.log.Error("server stopped", "protocol", srv.Protocol, "err", err)
+			}
+		}()
+	}
+	if httpL != nil {
+		d.http = &http.Server{Handler: d.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		d.log.Info("listening", "protocol", "http", "addr", httpL.Addr().String())
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := d.http.Serve(httpL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("http server stopped", "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (d *Daemon) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.gather, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelError),
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// Reload loads the configuration file again and puts it in force. An
+// invalid file is refused: the running rules stay, and the error is
+// returned (and counted) so the operator sees it in the log and metrics.
+func (d *Daemon) Reload() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.Engine.Policy()
+	p, err := LoadFile(old.File)
+	if err != nil {
+		d.metrics.Reload(false)
+		return err
+	}
+	if p.Settings.Listen != old.Settings.Listen || p.Settings.SocketMode != old.Settings.SocketMode {
+		d.log.Warn("listen addresses changed; they take effect at the next restart")
+	}
+	d.Engine.SetPolicy(p)
+	d.metrics.Reload(true)
+	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
+	return nil
+}
+
+// Shutdown stops accepting, lets requests in flight finish and closes
+// every connection, or gives up when ctx ends.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	var errs []error
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, s := range d.servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Shutdown(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", s.Protocol, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	if d.http != nil {
+		if err := d.http.Shutdown(ctx); err != nil {
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("http: %w", err))
+			mu.Unlock()
+		}
+	}
+	wg.Wait()
+	d.wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,160 @@
+package policyd
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+// Socketmap names with a fixed meaning (SPEC.md); every other name is a
+// sender class or unknown.
+const (
+	MapTLSPolicy = "tlspolicy"
+	MapTransport = "transport"
+)
+
+// Engine decides destinations' TLS policies from the rules in force. The
+// rules are one immutable Policy behind an atomic pointer: a reload swaps
+// the whole rule set at once, and lookups never take a lock.
+type Engine struct {
+	policy atomic.Pointer[Policy]
+}
+
+// NewEngine returns an engine answering from p.
+func NewEngine(p *Policy) *Engine {
+	e := &Engine{}
+	e.policy.Store(p)
+	return e
+}
+
+// Policy returns the rule set in force.
+func (e *Engine) Policy() *Policy { return e.policy.Load() }
+
+// SetPolicy puts a new rule set in force for every later lookup.
+func (e *Engine) SetPolicy(p *Policy) { e.policy.Store(p) }
+
+// Decision is the engine's answer for one destination, with what it rests
+// on, for query output, logs and (later) delegation replies.
+type Decision struct {
+	Key    Key
+	Rule   *Rule  // the rule that set the floor; nil for an unanswered .parent key
+	Class  *Class // the sender's class; nil for the default class
+	Level  Level  // the level answered (LevelUnset when not found)
+	Answer Answer
+}
+
+// Found reports whether the destination has an answer (a .parent key that
+// no rule names has none, so that Postfix goes on to its next key).
+func (d Decision) Found() bool { return d.Answer.Status == StatusOK }
+
+// LookupTable answers one socketmap or tcp_table lookup. It is the hot
+// path: it reads the policy once, matches with map lookups on substrings
+// of the key and returns a prepared reply.
+func (e *Engine) LookupTable(_ context.Context, mapName, key string) Answer {
+	p := e.policy.Load()
+	var class *Class
+	switch mapName {
+	case MapTLSPolicy:
+	case MapTransport:
+		// Fallback routes need probe evidence ("cannot meet its level");
+		// until the engine has it, no destination is rerouted.
+		return Answer{Status: StatusNotFound}
+	default:
+		if class = p.classByName(mapName); class == nil {
+			return Answer{Status: StatusPerm, Text: "unknown map " + mapName}
+		}
+	}
+	return p.decide(key, class).Answer
+}
+
+// Decide answers for a destination as the map for sender's class would.
+func (e *Engine) Decide(_ context.Context, destination, sender string) Decision {
+	p := e.policy.Load()
+	var class *Class
+	if sender != "" {
+		class = p.senders.classFor(sender)
+	}
+	return p.decide(destination, class)
+}
+
+func (p *Policy) decide(raw string, class *Class) Decision {
+	k, err := ParseKey(raw)
+	if err != nil {
+		return Decision{Class: class, Answer: Answer{Status: StatusPerm, Text: err.Error()}}
+	}
+	d := Decision{Key: k, Class: class, Rule: p.Match(k)}
+	if d.Rule == nil {
+		d.Answer = Answer{Status: StatusNotFound}
+		return d
+	}
+	d.Level = d.Rule.Level
+	if class != nil {
+		d.Level = Max(d.Level, class.Level)
+	}
+	d.Answer = p.answers[d.Level]
+	return d
+}
+
+// classByName finds a class by its map name.
+func (p *Policy) classByName(name string) *Class {
+	for _, c := range p.Classes { // a handful of classes: a scan beats a map
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// ClassFor returns the class of an envelope sender (nil: default class).
+func (p *Policy) ClassFor(sender string) *Class { return p.senders.classFor(sender) }
+
+// Match returns the rule that sets a key's floor: the first rule in file
+// order among those that match. Domains fall back to the defaults; a
+// .parent key is answered only by .parent rules (nil otherwise), so that
+// Postfix's follow-up lookups do not shadow its own table order.
+func (p *Policy) Match(k Key) *Rule {
+	switch k.Kind {
+	case KeyVerbatim:
+		if r := p.verbatim[k.Name]; r != nil {
+			return r
+		}
+		return p.Defaults
+	case KeyParent:
+		return p.firstParent(k.Name, p.parent[k.Name])
+	default:
+		if r := p.firstParent(k.Name, p.exact[k.Name]); r != nil {
+			return r
+		}
+		return p.Defaults
+	}
+}
+
+// firstParent returns the earliest of best and the ".parent" rules for
+// every parent of name.
+func (p *Policy) firstParent(name string, best *Rule) *Rule {
+	for i := 0; i < len(name); i++ {
+		if name[i] != '.' {
+			continue
+		}
+		if r := p.parent[name[i+1:]]; r != nil && (best == nil || r.Index < best.Index) {
+			best = r
+		}
+	}
+	return best
+}
+
+// Explain describes a decision for people: which rule decided and how the
+// class changed it.
+func (p *Policy) Explain(d Decision) string {
+	switch {
+	case d.Answer.Status != StatusOK && d.Rule == nil && d.Key.Kind == 0:
+		return "the key is not a destination: " + d.Answer.Text
+	case d.Rule == nil:
+		return fmt.Sprintf("no rule is written for %s, so Postfix goes on to its next lookup key", d.Key)
+	}
+	s := fmt.Sprintf("floor %s from %s", d.Rule.Level, d.Rule.Describe(p.File))
+	if d.Class != nil {
+		s += fmt.Sprintf("; sender class %q needs %s (line %d)", d.Class.Name, d.Class.Level, d.Class.Line)
+	}
+	return s
+}

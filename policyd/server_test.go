@@ -1,0 +1,619 @@
+package policyd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// wireLookup is the fake TableLookup of the wire protocol tests. Keys ending
+// in a known suffix pick the outcome; other keys are found.
+type wireLookup func(ctx context.Context, mapName, key string) Answer
+
+func (f wireLookup) LookupTable(ctx context.Context, mapName, key string) Answer {
+	return f(ctx, mapName, key)
+}
+
+// fakeAnswers answers the default map like the engine would, and refuses
+// other maps the way the engine does (the codecs pass every name through).
+func fakeAnswers(_ context.Context, mapName, key string) Answer {
+	if mapName != "tlspolicy" {
+		return Answer{StatusPerm, "unknown map " + mapName}
+	}
+	switch key {
+	case "notfound.test":
+		return Answer{StatusNotFound, "ignored"}
+	case "temp.test":
+		return Answer{StatusTemp, "probe failed"}
+	case "perm.test":
+		return Answer{StatusPerm, "bad key"}
+	case "panic.test":
+		panic("lookup blew up")
+	}
+	return Answer{StatusOK, "verify match=" + key}
+}
+
+// testLog collects a server's log output for assertions.
+type testLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *testLog) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// wireServer is a Server serving a loopback listener for one test.
+type wireServer struct {
+	*Server
+	addr   string
+	log    *testLog
+	served chan error
+	once   sync.Once
+	err    error
+}
+
+// startWireServer serves codec on 127.0.0.1 until the test ends; configure
+// may set the Server's fields before it starts.
+func startWireServer(t testing.TB, codec Codec, configure func(*Server)) *wireServer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveWire(t, l, codec, configure)
+}
+
+func serveWire(t testing.TB, l net.Listener, codec Codec, configure func(*Server)) *wireServer {
+	t.Helper()
+	ws := &wireServer{
+		Server: &Server{Protocol: "test", Codec: codec},
+		addr:   l.Addr().String(),
+		log:    &testLog{},
+		served: make(chan error, 1),
+	}
+	ws.Logger = ws.log.logger()
+	if configure != nil {
+		configure(ws.Server)
+	}
+	go func() { ws.served <- ws.Serve(l) }()
+	t.Cleanup(func() {
+		ws.Close()
+		if err := ws.wait(); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+		ws.wg.Wait() // no connection goroutine outlives the test
+		if t.Failed() {
+			t.Logf("server log:\n%s", ws.log)
+		}
+	})
+	return ws
+}
+
+// wait returns what Serve returned, waiting for it.
+func (ws *wireServer) wait() error {
+	ws.once.Do(func() { ws.err = <-ws.served })
+	return ws.err
+}
+
+// wireClient is a test peer: it writes raw bytes and reads replies.
+type wireClient struct {
+	t    testing.TB
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialWire(t testing.TB, network, addr string) *wireClient {
+	t.Helper()
+	conn, err := net.Dial(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// A generous deadline: a test that hangs fails instead.
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return &wireClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+func (c *wireClient) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// readNetstring reads one reply netstring.
+func (c *wireClient) readNetstring() string {
+	c.t.Helper()
+	p, err := readNetstring(c.r, nil, MaxNetstringLen)
+	if err != nil {
+		c.t.Fatalf("reading a reply netstring: %v", err)
+	}
+	return string(p)
+}
+
+// readLine reads one reply line, keeping its '\n'.
+func (c *wireClient) readLine() string {
+	c.t.Helper()
+	s, err := c.r.ReadString('\n')
+	if err != nil {
+		c.t.Fatalf("reading a reply line: %v (got %q)", err, s)
+	}
+	return s
+}
+
+// expectClosed checks that the server closed the connection with nothing
+// more to read.
+func (c *wireClient) expectClosed() {
+	c.t.Helper()
+	b, err := c.r.ReadByte()
+	if err == nil {
+		c.t.Fatalf("read %q, want the connection closed", b)
+	}
+	if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		c.t.Fatalf("read error %v, want EOF (connection closed by the server)", err)
+	}
+}
+
+// query sends one socketmap request and returns the reply.
+func (c *wireClient) query(mapName, key string) string {
+	c.t.Helper()
+	c.send(string(appendNetstring(nil, mapName, " ", key)))
+	return c.readNetstring()
+}
+
+// newTestMetrics returns the collectors of one protocol on a fresh registry.
+func newTestMetrics() *ProtocolMetrics {
+	return NewMetrics(prometheus.NewRegistry()).Protocol("test")
+}
+
+// metricValue reads a counter or gauge.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case pb.Counter != nil:
+		return pb.Counter.GetValue()
+	case pb.Gauge != nil:
+		return pb.Gauge.GetValue()
+	}
+	t.Fatalf("metric %v is neither a counter nor a gauge", m.Desc())
+	return 0
+}
+
+// newTestConn builds a Conn over r and w without a network or a running
+// server, for driving a codec directly (fuzzing, unit tests).
+func newTestConn(r io.Reader, w io.Writer) *Conn {
+	return &Conn{
+		R:   bufio.NewReader(r),
+		W:   bufio.NewWriter(w),
+		srv: &Server{Protocol: "test"},
+		log: slog.New(slog.DiscardHandler),
+	}
+}
+
+func TestServerServesManyRequestsPerConnection(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), nil)
+	c := dialWire(t, "tcp", ws.addr)
+	for _, key := range []string{"a.test", "b.test", "c.test"} {
+		if got, want := c.query("tlspolicy", key), "OK verify match="+key; got != want {
+			t.Errorf("reply %q, want %q", got, want)
+		}
+	}
+}
+
+func TestServerCleanEOFIsQuiet(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), nil)
+	c := dialWire(t, "tcp", ws.addr)
+	c.query("tlspolicy", "a.test")
+	c.conn.Close()
+	// Shutdown returns once the connection is gone.
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log := ws.log.String(); strings.Contains(log, "level=WARN") || strings.Contains(log, "level=ERROR") {
+		t.Errorf("a clean close was logged as a problem:\n%s", log)
+	}
+}
+
+func TestServerIdleTimeout(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.IdleTimeout = 50 * time.Millisecond
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	c.query("tlspolicy", "a.test") // the timeout restarts after each request
+	c.expectClosed()
+}
+
+func TestServerRequestTimeout(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.RequestTimeout = 50 * time.Millisecond
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	c.send("20:tlspolicy exa") // a slow writer: the rest never comes
+	c.expectClosed()
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log := ws.log.String(); !strings.Contains(log, "request timed out") {
+		t.Errorf("timeout not logged:\n%s", log)
+	}
+}
+
+func TestServerMaxConns(t *testing.T) {
+	m := newTestMetrics()
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.MaxConns = 1
+		s.Metrics = m
+	})
+	first := dialWire(t, "tcp", ws.addr)
+	first.query("tlspolicy", "a.test") // the first connection is now tracked
+	if got := metricValue(t, m.Open); got != 1 {
+		t.Errorf("open connections = %v, want 1", got)
+	}
+
+	second := dialWire(t, "tcp", ws.addr)
+	second.expectClosed()
+	if got := metricValue(t, m.Rejected); got != 1 {
+		t.Errorf("rejected connections = %v, want 1", got)
+	}
+	if got, want := first.query("tlspolicy", "b.test"), "OK verify match=b.test"; got != want {
+		t.Errorf("first connection after the rejection: %q, want %q", got, want)
+	}
+}
+
+func TestServerPanicClosesOnlyThatConnection(t *testing.T) {
+	m := newTestMetrics()
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.Metrics = m
+	})
+	healthy := dialWire(t, "tcp", ws.addr)
+	healthy.query("tlspolicy", "a.test")
+
+	doomed := dialWire(t, "tcp", ws.addr)
+	doomed.send(string(appendNetstring(nil, "tlspolicy panic.test")))
+	doomed.expectClosed()
+
+	if got, want := healthy.query("tlspolicy", "b.test"), "OK verify match=b.test"; got != want {
+		t.Errorf("other connection after the panic: %q, want %q", got, want)
+	}
+	if got := metricValue(t, m.Panics); got != 1 {
+		t.Errorf("panics = %v, want 1", got)
+	}
+	log := ws.log.String()
+	for _, want := range []string{"level=ERROR", "lookup blew up", "goroutine", "fakeAnswers"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("panic log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// blockingLookup holds lookups of keys starting with "stuck" until release
+// is closed, or fails them when their context is canceled; entered receives
+// each such key as its lookup begins. Other keys are answered at once.
+type blockingLookup struct {
+	entered  chan string
+	release  chan struct{}
+	canceled chan struct{}
+}
+
+func newBlockingLookup() *blockingLookup {
+	return &blockingLookup{
+		entered:  make(chan string, 10),
+		release:  make(chan struct{}),
+		canceled: make(chan struct{}, 10),
+	}
+}
+
+func (b *blockingLookup) LookupTable(ctx context.Context, mapName, key string) Answer {
+	if !strings.HasPrefix(key, "stuck") {
+		return Answer{StatusOK, "may"}
+	}
+	b.entered <- key
+	select {
+	case <-b.release:
+		return Answer{StatusOK, "encrypt"}
+	case <-ctx.Done():
+		b.canceled <- struct{}{}
+		return Answer{StatusTemp, "canceled"}
+	}
+}
+
+func TestServerShutdownDrainsInFlightRequest(t *testing.T) {
+	lookup := newBlockingLookup()
+	ws := startWireServer(t, NewSocketmapCodec(lookup), nil)
+	idle := dialWire(t, "tcp", ws.addr)
+	busy := dialWire(t, "tcp", ws.addr)
+	idle.query("tlspolicy", "idle.test")
+	busy.send(string(appendNetstring(nil, "tlspolicy stuck.test")))
+	<-lookup.entered // the request is in flight
+
+	shut := make(chan error, 1)
+	go func() { shut <- ws.Shutdown(context.Background()) }()
+
+	// The idle connection is closed at once, the listener too...
+	idle.expectClosed()
+	if err := ws.wait(); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve returned %v, want ErrServerClosed", err)
+	}
+	if c, err := net.Dial("tcp", ws.addr); err == nil {
+		c.Close()
+		t.Error("the listener still accepts after Shutdown")
+	}
+	// ...but Shutdown waits for the busy one's reply.
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a request in flight", err)
+	default:
+	}
+
+	close(lookup.release)
+	if got, want := busy.readNetstring(), "OK encrypt"; got != want {
+		t.Errorf("in-flight reply %q, want %q", got, want)
+	}
+	busy.expectClosed()
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+func TestServerShutdownDeadlineForcesClose(t *testing.T) {
+	lookup := newBlockingLookup()
+	ws := startWireServer(t, NewSocketmapCodec(lookup), nil)
+	c := dialWire(t, "tcp", ws.addr)
+	c.send(string(appendNetstring(nil, "tlspolicy stuck.test")))
+	<-lookup.entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	shut := make(chan error, 1)
+	go func() { shut <- ws.Shutdown(ctx) }()
+	cancel()
+	if err := <-shut; !errors.Is(err, context.Canceled) {
+		t.Errorf("Shutdown returned %v, want context.Canceled", err)
+	}
+	<-lookup.canceled // the lookup's context was canceled
+	c.expectClosed()
+}
+
+func TestServerClose(t *testing.T) {
+	lookup := newBlockingLookup()
+	ws := startWireServer(t, NewSocketmapCodec(lookup), nil)
+	c := dialWire(t, "tcp", ws.addr)
+	c.send(string(appendNetstring(nil, "tlspolicy stuck.test")))
+	<-lookup.entered
+
+	if err := ws.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	c.expectClosed()
+	<-lookup.canceled
+	if err := ws.wait(); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve returned %v, want ErrServerClosed", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Serve(l); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve after Close returned %v, want ErrServerClosed", err)
+	}
+	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Serve after Close left its listener open (Accept: %v)", err)
+	}
+}
+
+// flakyListener fails Accept with the queued errors, then hands out the
+// queued connections, then blocks until closed.
+type flakyListener struct {
+	errs   chan error
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	select {
+	case err := <-l.errs:
+		return nil, err
+	default:
+	}
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *flakyListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *flakyListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+func TestServerAcceptBacksOffOnTemporaryErrors(t *testing.T) {
+	l := &flakyListener{errs: make(chan error, 3), conns: make(chan net.Conn, 1), closed: make(chan struct{})}
+	for range 3 {
+		l.errs <- &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept", syscall.EMFILE)}
+	}
+	server, client := net.Pipe()
+	l.conns <- server
+	ws := serveWire(t, l, NewSocketmapCodec(wireLookup(fakeAnswers)), nil)
+
+	c := &wireClient{t: t, conn: client, r: bufio.NewReader(client)}
+	t.Cleanup(func() { client.Close() })
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, want := c.query("tlspolicy", "a.test"), "OK verify match=a.test"; got != want {
+		t.Errorf("reply after accept errors: %q, want %q", got, want)
+	}
+	if n := strings.Count(ws.log.String(), "accept failed"); n != 3 {
+		t.Errorf("%d accept failures logged, want 3:\n%s", n, ws.log)
+	}
+}
+
+func TestServerReturnsPermanentAcceptError(t *testing.T) {
+	l := &flakyListener{errs: make(chan error, 1), closed: make(chan struct{})}
+	fatal := errors.New("listener broken")
+	l.errs <- fatal
+	s := &Server{Protocol: "test", Codec: NewSocketmapCodec(wireLookup(fakeAnswers)), Logger: slog.New(slog.DiscardHandler)}
+	if err := s.Serve(l); !errors.Is(err, fatal) {
+		t.Errorf("Serve returned %v, want %v", err, fatal)
+	}
+}
+
+func TestNextAcceptDelay(t *testing.T) {
+	var d time.Duration
+	var got []time.Duration
+	for range 10 {
+		d = nextAcceptDelay(d)
+		got = append(got, d)
+	}
+	want := []time.Duration{5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("delays %v, want %v ms", got, want)
+		}
+	}
+}
+
+func TestListenTCP(t *testing.T) {
+	l, err := Listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Addr().Network() != "tcp" {
+		t.Errorf("network %q, want tcp", l.Addr().Network())
+	}
+}
+
+func TestListenUnix(t *testing.T) {
+	for _, tc := range []struct {
+		mode, want os.FileMode
+	}{
+		{0, 0o666},
+		{0o660, 0o660},
+	} {
+		path := filepath.Join(t.TempDir(), "policy.sock")
+		l, err := Listen("unix:"+path, tc.mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != tc.want {
+			t.Errorf("mode %v, want a socket with %v", fi.Mode(), tc.want)
+		}
+
+		ws := serveWire(t, l, NewSocketmapCodec(wireLookup(fakeAnswers)), nil)
+		c := dialWire(t, "unix", path)
+		if got, want := c.query("tlspolicy", "a.test"), "OK verify match=a.test"; got != want {
+			t.Errorf("reply over the socket: %q, want %q", got, want)
+		}
+		c.conn.Close()
+		if err := ws.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("socket file left after close: %v", err)
+		}
+	}
+}
+
+func TestListenUnixRemovesStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.sock")
+	// A daemon that died leaves its socket file behind.
+	old, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.SetUnlinkOnClose(false)
+	old.Close()
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("setting up the stale socket: %v", err)
+	}
+
+	l, err := Listen("unix:"+path, 0o600)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	l.Close()
+}
+
+func TestListenUnixRefusesLiveSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.sock")
+	live, err := Listen("unix:"+path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if l, err := Listen("unix:"+path, 0); err == nil {
+		l.Close()
+		t.Fatal("Listen took over a socket in use")
+	} else if !strings.Contains(err.Error(), "in use") {
+		t.Errorf("unclear error: %v", err)
+	}
+	// The live socket still works.
+	go func() {
+		if c, err := live.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the live socket was disturbed: %v", err)
+	}
+	c.Close()
+}
+
+func TestListenUnixRefusesNonSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	if err := os.WriteFile(path, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen("unix:"+path, 0); err == nil {
+		l.Close()
+		t.Fatal("Listen replaced a regular file")
+	} else if !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("unclear error: %v", err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
+		t.Errorf("the file was disturbed: %q, %v", b, err)
+	}
+	if _, err := Listen("unix:", 0); err == nil {
+		t.Error("Listen accepted an empty socket path")
+	}
+}

@@ -1,0 +1,215 @@
+package policyd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"time"
+)
+
+// MaxNetstringLen is the longest netstring payload accepted in a request or
+// sent in a reply: Postfix's own limit for socketmap_table(5).
+const MaxNetstringLen = 100000
+
+// Netstring errors, matchable with errors.Is. Errors for malformed input wrap
+// ErrNetstringMalformed with the reason.
+var (
+	ErrNetstringTooLong   = errors.New("netstring too long")
+	ErrNetstringMalformed = errors.New("malformed netstring")
+)
+
+// Replies to bad input. The oversized one is fixed text so that operators can
+// grep Postfix's logs for it.
+const replyTooLongRequest = "request longer than 100000 bytes"
+
+// socketmapCodec answers Postfix socketmap_table(5) lookups: each request is a
+// netstring "NAME KEY", each reply a netstring "OK value", "NOTFOUND ",
+// "TEMP reason" or "PERM reason". Postfix keeps a connection open and sends
+// one request at a time on it.
+type socketmapCodec struct {
+	lookup TableLookup
+}
+
+// NewSocketmapCodec returns the socketmap codec. Every map name, including
+// unknown ones, is passed to lookup: which maps exist is the engine's
+// business, not the wire format's.
+func NewSocketmapCodec(lookup TableLookup) Codec {
+	return &socketmapCodec{lookup: lookup}
+}
+
+// ServeRequest reads one netstring request and writes its reply.
+func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
+	p, err := readNetstring(c.R, c.Buf, MaxNetstringLen)
+	if err != nil {
+		return sc.badRequest(c, err)
+	}
+	c.Buf = p[:0]
+	start := time.Now()
+	name, key, ok := splitSocketmapRequest(p)
+	if !ok {
+		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
+	}
+	mapName := c.internName(name)
+	a := sc.lookup.LookupTable(ctx, mapName, string(key))
+	var result string
+	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
+	if _, err := c.W.Write(c.Scratch); err != nil {
+		return err
+	}
+	d := time.Since(start)
+	c.CountRequest(result, d)
+	if c.log.Enabled(ctx, slog.LevelDebug) {
+		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName),
+			slog.String("key", string(key)), slog.String("reply", string(c.Scratch)), slog.Duration("duration", d))
+	}
+	return nil
+}
+
+// badRequest answers a request that could not be read. Bad input gets a PERM
+// reply, is counted and logged once, and closes the connection: after a
+// framing error the stream cannot be trusted to resynchronise. I/O errors
+// (timeout, EOF mid-request) have no one to answer and are returned as is.
+func (sc *socketmapCodec) badRequest(c *Conn, err error) error {
+	var result, reason string
+	switch {
+	case errors.Is(err, ErrNetstringTooLong):
+		result, reason = ResultOversized, replyTooLongRequest
+	case errors.Is(err, ErrNetstringMalformed):
+		result, reason = ResultMalformed, err.Error()
+	default:
+		return err
+	}
+	start := time.Now()
+	c.Scratch = appendNetstring(c.Scratch[:0], "PERM ", reason)
+	_, werr := c.W.Write(c.Scratch)
+	c.CountRequest(result, time.Since(start))
+	c.log.Warn("bad socketmap request; closing connection", "err", err)
+	return errors.Join(err, werr)
+}
+
+// splitSocketmapRequest splits a request payload at its first space into the
+// map name and the key. Both must be non-empty; the key may contain spaces.
+func splitSocketmapRequest(p []byte) (name, key []byte, ok bool) {
+	name, key, ok = bytes.Cut(p, []byte{' '})
+	return name, key, ok && len(name) > 0 && len(key) > 0
+}
+
+// appendSocketmapReply appends the reply netstring for a and returns the
+// result label to count. A status the codec does not know, or a reply over
+// the netstring limit, becomes TEMP: Postfix then defers, which fails closed.
+func appendSocketmapReply(dst []byte, a Answer) ([]byte, string) {
+	word, text := "", a.Text
+	switch a.Status {
+	case StatusOK:
+		word = "OK "
+	case StatusNotFound:
+		word, text = "NOTFOUND ", ""
+	case StatusTemp:
+		word = "TEMP "
+	case StatusPerm:
+		word = "PERM "
+	default:
+		return appendNetstring(dst, "TEMP invalid lookup status"), ResultTemp
+	}
+	if len(word)+len(text) > MaxNetstringLen {
+		return appendNetstring(dst, "TEMP reply too long"), ResultTemp
+	}
+	return appendNetstring(dst, word, text), StatusResult(a.Status)
+}
+
+// readNetstring reads one netstring ("LEN:PAYLOAD,") from r and returns its
+// payload, stored in buf's array when it fits (so a caller that keeps the
+// result for the next call stops allocating). It rejects a length over max
+// as soon as its digits say so, before reading or allocating the payload, so
+// it never consumes more than len(strconv.Itoa(max))+max+2 bytes.
+//
+// The length follows D. J. Bernstein's netstring definition strictly: one or
+// more ASCII digits with no leading zero ("0" alone for an empty payload), no
+// sign, no spaces. Postfix never sends anything else, and one spelling per
+// length keeps parsing and printing exact inverses.
+//
+// Errors: io.EOF if r ends before the first byte; io.ErrUnexpectedEOF if it
+// ends inside the netstring; ErrNetstringTooLong; an error wrapping
+// ErrNetstringMalformed; or r's own error (a deadline, a reset).
+func readNetstring(r *bufio.Reader, buf []byte, max int) ([]byte, error) {
+	n, err := readNetstringLen(r, max)
+	if err != nil {
+		return nil, err
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, unexpectedEOF(err)
+	}
+	b, err := r.ReadByte()
+	if err != nil {
+		return nil, unexpectedEOF(err)
+	}
+	if b != ',' {
+		return nil, fmt.Errorf("%w: no ',' after the %d-byte payload", ErrNetstringMalformed, n)
+	}
+	return buf, nil
+}
+
+// readNetstringLen reads the length and its ':' terminator, digit by digit.
+func readNetstringLen(r *bufio.Reader, max int) (int, error) {
+	n, digits := 0, 0
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			if digits == 0 && errors.Is(err, io.EOF) {
+				return 0, io.EOF
+			}
+			return 0, unexpectedEOF(err)
+		}
+		switch {
+		case b >= '0' && b <= '9':
+			if digits == 1 && n == 0 {
+				return 0, fmt.Errorf("%w: leading zero in the length", ErrNetstringMalformed)
+			}
+			d := int(b - '0')
+			if d > max || n > (max-d)/10 { // n*10+d > max, without overflow
+				return 0, ErrNetstringTooLong
+			}
+			n = n*10 + d
+			digits++
+		case b == ':' && digits > 0:
+			return n, nil
+		case b == ':':
+			return 0, fmt.Errorf("%w: no length before ':'", ErrNetstringMalformed)
+		default:
+			return 0, fmt.Errorf("%w: unexpected byte %q in the length", ErrNetstringMalformed, b)
+		}
+	}
+}
+
+// unexpectedEOF turns io.EOF inside a netstring or line into
+// io.ErrUnexpectedEOF, so that only EOF between requests reads as clean.
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// appendNetstring appends the netstring of the concatenated parts to dst.
+// Taking parts saves callers building the payload in a temporary buffer.
+func appendNetstring(dst []byte, parts ...string) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	dst = append(dst, ':')
+	for _, p := range parts {
+		dst = append(dst, p...)
+	}
+	return append(dst, ',')
+}
