@@ -25,6 +25,7 @@ type Daemon struct {
 
 	mu      sync.Mutex // guards reloads; lookups never take it
 	servers []*Server
+	addrs   map[string]net.Addr // protocol -> bound address
 	http    *http.Server
 	wg      sync.WaitGroup
 }
@@ -48,6 +49,7 @@ func NewDaemon(p *Policy, reg prometheus.Registerer, gather prometheus.Gatherer,
 // error says which failed.
 func (d *Daemon) Start() error {
 	s := d.Engine.Policy().Settings
+	d.addrs = make(map[string]net.Addr)
 	type proto struct {
 		name, addr string
 		codec      Codec
@@ -77,6 +79,7 @@ func (d *Daemon) Start() error {
 			return fmt.Errorf("listen.%s: %w", p.name, err)
 		}
 		listeners = append(listeners, l)
+		d.addrs[p.name] = l.Addr()
 		d.servers = append(d.servers, &Server{
 			Protocol: p.name,
 			Codec:    p.codec,
@@ -92,6 +95,7 @@ func (d *Daemon) Start() error {
 			return fmt.Errorf("listen.http: %w", err)
 		}
 		httpL = l
+		d.addrs["http"] = l.Addr()
 	}
 	if len(listeners) == 0 && httpL == nil {
 		return errors.New("no listener is configured (set listen.socketmap, listen.tcptable or another listen key)")
@@ -120,6 +124,11 @@ func (d *Daemon) Start() error {
 	}
 	return nil
 }
+
+// Addr returns the address a protocol's listener is bound to ("socketmap",
+// "tcptable", "http"), or nil. With port 0 in the configuration, it tells
+// which port the system chose.
+func (d *Daemon) Addr(protocol string) net.Addr { return d.addrs[protocol] }
 
 func (d *Daemon) httpHandler() http.Handler {
 	mux := http.NewServeMux()

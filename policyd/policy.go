@@ -269,7 +269,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 		}
 		if err := checkListenAddr(l.addr); err != nil {
 			c.errorf([]any{"listen", l.key}, "listen.%s: %v", l.key, err)
-		} else if other, dup := seen[l.addr]; dup {
+		} else if other, dup := seen[l.addr]; dup && !strings.HasSuffix(l.addr, ":0") {
 			c.errorf([]any{"listen", l.key}, "listen.%s: %s is already used by listen.%s", l.key, l.addr, other)
 		}
 		seen[l.addr] = l.key

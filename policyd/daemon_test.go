@@ -1,0 +1,175 @@
+package policyd
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// startDaemon runs a Daemon in-process on loopback ports chosen by the
+// system, from a configuration file written to a temp dir.
+func startDaemon(t *testing.T, rules string) (*Daemon, string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "rules.yaml")
+	cfg := "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: 127.0.0.1:0\n  http: 127.0.0.1:0\n" + rules
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := LoadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := d.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return d, file
+}
+
+func socketmapQuery(t *testing.T, r *bufio.Reader, w net.Conn, mapName, key string) string {
+	t.Helper()
+	payload := mapName + " " + key
+	if _, err := io.WriteString(w, strconv.Itoa(len(payload))+":"+payload+","); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readNetstring(r, nil, MaxNetstringLen)
+	if err != nil {
+		t.Fatalf("reading reply: %v", err)
+	}
+	return string(got)
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestDaemonServesReloadsAndCounts(t *testing.T) {
+	t.Parallel()
+	d, file := startDaemon(t, "destinations:\n  - {match: example.org, level: encrypt}\n")
+	nc, err := net.Dial("tcp", d.Addr("socketmap").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r := bufio.NewReader(nc)
+	if got := socketmapQuery(t, r, nc, "tlspolicy", "example.org"); got != "OK encrypt protocols=>=TLSv1.2" {
+		t.Fatalf("before reload: %q", got)
+	}
+
+	// A valid file takes effect on the same, persistent connection.
+	if err := os.WriteFile(file, []byte("listen:\n  socketmap: 127.0.0.1:0\n  tcptable: 127.0.0.1:0\n  http: 127.0.0.1:0\ndestinations:\n  - {match: example.org, level: verify}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Reload(); err != nil {
+		t.Fatalf("reload of a valid file: %v", err)
+	}
+	if got := socketmapQuery(t, r, nc, "tlspolicy", "example.org"); got != "OK verify protocols=>=TLSv1.2" {
+		t.Fatalf("after reload: %q", got)
+	}
+
+	// An invalid file is refused; the running rules stay.
+	if err := os.WriteFile(file, []byte("destinations:\n  - {match: example.org, level: verifyy}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Reload()
+	if err == nil || !strings.Contains(err.Error(), file+":2:") {
+		t.Fatalf("reload of an invalid file = %v, want an error naming %s:2", err, file)
+	}
+	if got := socketmapQuery(t, r, nc, "tlspolicy", "example.org"); got != "OK verify protocols=>=TLSv1.2" {
+		t.Fatalf("after a refused reload: %q", got)
+	}
+
+	code, body := httpGet(t, "http://"+d.Addr("http").String()+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics = %d", code)
+	}
+	for _, want := range []string{
+		`tlspolicyd_config_reloads_total{result="success"} 1`,
+		`tlspolicyd_config_reloads_total{result="failure"} 1`,
+		`tlspolicyd_requests_total{protocol="socketmap",result="ok"} 3`,
+		`tlspolicyd_connections_open{protocol="socketmap"} 1`,
+		`tlspolicyd_request_duration_seconds_count{protocol="socketmap"} 3`,
+		`tlspolicyd_config_rules 1`,
+		`tlspolicyd_config_last_load_timestamp_seconds 1.`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if code, body := httpGet(t, "http://"+d.Addr("http").String()+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+}
+
+func TestDaemonTCPTable(t *testing.T) {
+	t.Parallel()
+	d, _ := startDaemon(t, "destinations:\n  - {match: .example.org, level: encrypt}\n")
+	nc, err := net.Dial("tcp", d.Addr("tcptable").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r := bufio.NewReader(nc)
+	for key, want := range map[string]string{
+		"mx.example.org":  "200 encrypt%20protocols=>=TLSv1.2\n",
+		"unmatched.test":  "200 may\n",
+		".unmatched.test": "500 NOTFOUND\n",
+	} {
+		io.WriteString(nc, "get "+key+"\n")
+		got, err := r.ReadString('\n')
+		if err != nil || got != want {
+			t.Errorf("get %s = %q, %v; want %q", key, got, err, want)
+		}
+	}
+}
+
+func TestDaemonNoListener(t *testing.T) {
+	t.Parallel()
+	p := mustLoad(t, "defaults: {level: may}\n")
+	reg := prometheus.NewRegistry()
+	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "no listener") {
+		t.Errorf("Start with no listener = %v", err)
+	}
+}
+
+func TestDaemonListenConflict(t *testing.T) {
+	t.Parallel()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	p := mustLoad(t, "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: "+busy.Addr().String()+"\n")
+	reg := prometheus.NewRegistry()
+	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "listen.tcptable") {
+		t.Errorf("Start with a busy port = %v, want an error naming listen.tcptable", err)
+	}
+}
