@@ -1,0 +1,149 @@
+package acceptance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCLI runs tlspolicyd with args in dir and returns its exit code and its
+// standard output and error together.
+func runCLI(t *testing.T, dir string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, daemonBin, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("tlspolicyd %s: did not finish within 30s; output:\n%s", strings.Join(args, " "), out)
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("running tlspolicyd: %v", err)
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+// writeStatic writes a configuration template with fixed addresses (the
+// commands that only read the file bind nothing) into dir.
+func writeStatic(t *testing.T, dir, text string) string {
+	t.Helper()
+	text = strings.NewReplacer(
+		phSocketmap, "127.0.0.1:10028",
+		phTCPTable, "127.0.0.1:10029",
+		phHTTP, "127.0.0.1:10032",
+		phDNS, "127.0.0.1:1",
+		phDir, dir,
+	).Replace(text)
+	path := filepath.Join(dir, "rules.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// lineOf returns the 1-based number of the first line of text containing s.
+func lineOf(t *testing.T, text, s string) int {
+	t.Helper()
+	for i, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			return i + 1
+		}
+	}
+	t.Fatalf("%q not in the configuration", s)
+	return 0
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	valid := listenInet + hermetic + rules
+	tests := []struct {
+		name   string
+		config string
+		// errorAt is the text on the line an error must name; empty for a
+		// valid configuration.
+		errorAt string
+	}{
+		{name: "valid", config: valid},
+		{
+			name:    "unknown key",
+			config:  strings.Replace(valid, "    level: verify\n", "    levle: verify\n", 1),
+			errorAt: "levle: verify",
+		},
+		{
+			name:    "unknown level",
+			config:  strings.Replace(valid, "    level: verify\n", "    level: verifyy\n", 1),
+			errorAt: "level: verifyy",
+		},
+		{
+			name:    "reserved class name",
+			config:  strings.Replace(valid, "- name: phi", "- name: transport", 1),
+			errorAt: "name: transport",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			abs := writeStatic(t, dir, tc.config)
+			// FILE in the messages is the path as given: try an absolute and
+			// a relative one.
+			for _, path := range []string{abs, "rules.yaml"} {
+				code, out := runCLI(t, dir, "check", "-config", path)
+				if tc.errorAt == "" {
+					if code != 0 {
+						t.Errorf("check -config %s: exit %d, want 0; output:\n%s", path, code, out)
+					}
+					continue
+				}
+				prefix := fmt.Sprintf("%s:%d: ", path, lineOf(t, tc.config, tc.errorAt))
+				if code != 1 || !hasLinePrefix(out, prefix) {
+					t.Errorf("check -config %s: exit %d, want 1 and a line starting %q; output:\n%s", path, code, prefix, out)
+				}
+			}
+		})
+	}
+}
+
+func hasLinePrefix(out, prefix string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, prefix) && len(l) > len(prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestCommands checks the one-shot commands a postmaster scripts against.
+func TestCommands(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	config := writeStatic(t, dir, listenInet+hermetic+rules)
+	tests := []struct {
+		name string
+		args []string
+		want string // a word the output must contain
+	}{
+		{"version", []string{"version"}, ""},
+		{"query", []string{"query", "-config", config, "example.org"}, "verify"},
+		{"query subdomain", []string{"query", "-config", config, "mx.example.org"}, "encrypt"},
+		{"query sender class", []string{"query", "-config", config, "-sender", "doctor@clinic.example.org", "unmatched.test"}, "verify"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code, out := runCLI(t, dir, tc.args...)
+			if code != 0 || strings.TrimSpace(out) == "" || !strings.Contains(out, tc.want) {
+				t.Errorf("tlspolicyd %s: exit %d, want 0 and output containing %q; output:\n%s",
+					strings.Join(tc.args, " "), code, tc.want, out)
+			}
+		})
+	}
+}
