@@ -8,6 +8,7 @@
 //	tlspolicyd [serve] [-config FILE]
 //	tlspolicyd check   [-config FILE]
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
+//	tlspolicyd probe   [-config FILE] [-json] DOMAIN
 //	tlspolicyd version
 package main
 
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args, stdout, stderr)
 	case "query":
 		return query(args, stdout, stderr)
+	case "probe":
+		return probe(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "tlspolicyd %s (%s)\n", version(), runtime.Version())
 		return 0
@@ -70,7 +73,9 @@ func usage(w io.Writer) {
   tlspolicyd [serve] [-config FILE]         run the daemon (default FILE: ./rules.yaml)
   tlspolicyd check   [-config FILE]         validate the configuration
   tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
-                                            decide once and say why
+                                            decide once, probing live if needed, and say why
+  tlspolicyd probe   [-config FILE] [-json] DOMAIN
+                                            probe now and print what was found per MX host
   tlspolicyd version
 `)
 }
@@ -119,8 +124,18 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	e := policyd.NewEngine(p)
-	d := e.Decide(context.Background(), rest[0], sender)
+	prober, err := policyd.NewProber(p.Settings, policyd.ProbeDeps{})
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return 1
+	}
+	cache := policyd.NewProbeCache(p.Settings, prober, policyd.ProbeDeps{})
+	defer cache.Close()
+	e := policyd.NewEngine(p, cache)
+	// Unlike the daemon, which answers the floor after probe.wait and lets
+	// the probe finish for the next lookup, query waits for the whole probe
+	// so that it can show the evidence.
+	d := e.Decide(context.Background(), rest[0], sender, p.Settings.ProbeTimeout+time.Second)
 	mapName := policyd.MapTLSPolicy
 	if d.Class != nil {
 		mapName = d.Class.Name
@@ -137,6 +152,10 @@ func query(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "  map:     %s\n", mapName)
 	fmt.Fprintf(stdout, "  why:     %s\n", p.Explain(d))
+	if d.Probed {
+		fmt.Fprintln(stdout)
+		printProbe(stdout, d.Probe, prober.MinVersion)
+	}
 	if !d.Found() {
 		return 1
 	}
@@ -163,7 +182,11 @@ func serve(args []string, stderr io.Writer) int {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 	)
-	d := policyd.NewDaemon(p, reg, reg, log)
+	d, err := policyd.NewDaemon(p, policyd.Options{Registerer: reg, Gatherer: reg, Logger: log})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
 
 	// Subscribe before listening so that a signal sent as soon as the
 	// ports answer is not lost.

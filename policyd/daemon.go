@@ -7,17 +7,21 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // Daemon runs every configured listener over one engine. main builds it
 // with the registry it owns; tests build it the same way in-process.
 type Daemon struct {
 	Engine  *Engine
+	cache   *tlsprobe.Cache
 	metrics *Metrics
 	log     *slog.Logger
 	gather  prometheus.Gatherer
@@ -30,18 +34,37 @@ type Daemon struct {
 	wg      sync.WaitGroup
 }
 
-// NewDaemon prepares a daemon answering from p. Collectors are registered
-// on reg and /metrics serves gather.
-func NewDaemon(p *Policy, reg prometheus.Registerer, gather prometheus.Gatherer, log *slog.Logger) *Daemon {
+// Options are what main (or a test) hands the daemon: where metrics go,
+// where logs go, and the probing dependencies.
+type Options struct {
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer // served on /metrics
+	Logger     *slog.Logger
+	Probe      ProbeDeps // zero: real DNS, network and clock
+}
+
+// NewDaemon prepares a daemon answering from p, with probes as the
+// settings describe.
+func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
+	deps := opts.Probe
+	if deps.Metrics == nil {
+		deps.Metrics = tlsprobe.NewMetrics(opts.Registerer)
+	}
+	prober, err := NewProber(p.Settings, deps)
+	if err != nil {
+		return nil, err
+	}
+	cache := NewProbeCache(p.Settings, prober, deps)
 	d := &Daemon{
-		Engine:  NewEngine(p),
-		metrics: NewMetrics(reg),
-		log:     log,
-		gather:  gather,
+		Engine:  NewEngine(p, cache),
+		cache:   cache,
+		metrics: NewMetrics(opts.Registerer),
+		log:     opts.Logger,
+		gather:  opts.Gatherer,
 		now:     time.Now,
 	}
 	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
-	return d
+	return d, nil
 }
 
 // Start opens every configured listener and serves in the background. If
@@ -157,6 +180,9 @@ func (d *Daemon) Reload() error {
 	if p.Settings.Listen != old.Settings.Listen || p.Settings.SocketMode != old.Settings.SocketMode {
 		d.log.Warn("listen addresses changed; they take effect at the next restart")
 	}
+	if !sameProbing(p.Settings, old.Settings) {
+		d.log.Warn("dns, probe or minimum_tls settings changed; probes use the new ones after the next restart")
+	}
 	d.Engine.SetPolicy(p)
 	d.metrics.Reload(true)
 	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
@@ -189,5 +215,14 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	d.wg.Wait()
+	d.cache.Close()
 	return errors.Join(errs...)
+}
+
+// sameProbing reports whether two settings probe alike.
+func sameProbing(a, b Settings) bool {
+	return slices.Equal(a.DNSServers, b.DNSServers) && a.DNSTimeout == b.DNSTimeout &&
+		a.ProbePort == b.ProbePort && a.ProbeHelo == b.ProbeHelo && a.ProbeTimeout == b.ProbeTimeout &&
+		a.ProbeTTL == b.ProbeTTL && a.ProbeNegTTL == b.ProbeNegTTL && a.ProbeCAFile == b.ProbeCAFile &&
+		a.AllowPrivate == b.AllowPrivate && a.MinimumTLS == b.MinimumTLS
 }

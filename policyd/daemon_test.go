@@ -3,10 +3,12 @@ package policyd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // startDaemon runs a Daemon in-process on loopback ports chosen by the
@@ -30,8 +34,7 @@ func startDaemon(t *testing.T, rules string) (*Daemon, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d := newTestDaemon(t, p)
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +46,32 @@ func startDaemon(t *testing.T, rules string) (*Daemon, string) {
 		}
 	})
 	return d, file
+}
+
+// offlineResolver fails every lookup at once: daemon tests must not wait
+// for, or reach, a real resolver.
+type offlineResolver struct{}
+
+func (offlineResolver) LookupMX(ctx context.Context, domain string) ([]tlsprobe.MX, error) {
+	return nil, &tlsprobe.DNSError{Name: domain, Qtype: "MX", Kind: tlsprobe.ErrDNSOther, Err: errors.New("offline test")}
+}
+
+func (offlineResolver) LookupAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	return nil, &tlsprobe.DNSError{Name: host, Qtype: "A", Kind: tlsprobe.ErrDNSOther, Err: errors.New("offline test")}
+}
+
+func newTestDaemon(t *testing.T, p *Policy) *Daemon {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	d, err := NewDaemon(p, Options{
+		Registerer: reg, Gatherer: reg,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Probe:  ProbeDeps{Resolver: offlineResolver{}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func socketmapQuery(t *testing.T, r *bufio.Reader, w net.Conn, mapName, key string) string {
@@ -152,8 +181,7 @@ func TestDaemonTCPTable(t *testing.T) {
 func TestDaemonNoListener(t *testing.T) {
 	t.Parallel()
 	p := mustLoad(t, "defaults: {level: may}\n")
-	reg := prometheus.NewRegistry()
-	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d := newTestDaemon(t, p)
 	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "no listener") {
 		t.Errorf("Start with no listener = %v", err)
 	}
@@ -167,8 +195,7 @@ func TestDaemonListenConflict(t *testing.T) {
 	}
 	defer busy.Close()
 	p := mustLoad(t, "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: "+busy.Addr().String()+"\n")
-	reg := prometheus.NewRegistry()
-	d := NewDaemon(p, reg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d := newTestDaemon(t, p)
 	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "listen.tcptable") {
 		t.Errorf("Start with a busy port = %v, want an error naming listen.tcptable", err)
 	}

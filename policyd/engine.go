@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // Socketmap names with a fixed meaning (SPEC.md); every other name is a
@@ -17,12 +20,22 @@ const (
 // rules are one immutable Policy behind an atomic pointer: a reload swaps
 // the whole rule set at once, and lookups never take a lock.
 type Engine struct {
-	policy atomic.Pointer[Policy]
+	policy   atomic.Pointer[Policy]
+	evidence Evidence // nil: rules only
 }
 
-// NewEngine returns an engine answering from p.
-func NewEngine(p *Policy) *Engine {
-	e := &Engine{}
+// Evidence is what the engine needs from probing: the tlsprobe.Cache.
+type Evidence interface {
+	// Get returns a cached result without waiting.
+	Get(t tlsprobe.Target) (tlsprobe.Result, bool)
+	// Lookup returns a cached result or waits for a probe until ctx ends.
+	Lookup(ctx context.Context, t tlsprobe.Target) (tlsprobe.Result, bool)
+}
+
+// NewEngine returns an engine answering from p, raising answers with
+// probe evidence when ev is not nil.
+func NewEngine(p *Policy, ev Evidence) *Engine {
+	e := &Engine{evidence: ev}
 	e.policy.Store(p)
 	return e
 }
@@ -39,8 +52,14 @@ type Decision struct {
 	Key    Key
 	Rule   *Rule  // the rule that set the floor; nil for an unanswered .parent key
 	Class  *Class // the sender's class; nil for the default class
+	Floor  Level  // the rule's level, raised to the class level
 	Level  Level  // the level answered (LevelUnset when not found)
 	Answer Answer
+	// Probe is the evidence consulted, if Probed; Waited is set when no
+	// result was ready within probe.wait (the floor was answered).
+	Probe  tlsprobe.Result
+	Probed bool
+	Waited bool
 }
 
 // Found reports whether the destination has an answer (a .parent key that
@@ -50,7 +69,7 @@ func (d Decision) Found() bool { return d.Answer.Status == StatusOK }
 // LookupTable answers one socketmap or tcp_table lookup. It is the hot
 // path: it reads the policy once, matches with map lookups on substrings
 // of the key and returns a prepared reply.
-func (e *Engine) LookupTable(_ context.Context, mapName, key string) Answer {
+func (e *Engine) LookupTable(ctx context.Context, mapName, key string) Answer {
 	p := e.policy.Load()
 	var class *Class
 	switch mapName {
@@ -64,17 +83,59 @@ func (e *Engine) LookupTable(_ context.Context, mapName, key string) Answer {
 			return Answer{Status: StatusPerm, Text: "unknown map " + mapName}
 		}
 	}
-	return p.decide(key, class).Answer
+	return e.decide(ctx, p, key, class, p.Settings.ProbeWait).Answer
 }
 
-// Decide answers for a destination as the map for sender's class would.
-func (e *Engine) Decide(_ context.Context, destination, sender string) Decision {
+// Decide answers for a destination as the map for sender's class would,
+// waiting at most wait for a probe.
+func (e *Engine) Decide(ctx context.Context, destination, sender string, wait time.Duration) Decision {
 	p := e.policy.Load()
 	var class *Class
 	if sender != "" {
 		class = p.senders.classFor(sender)
 	}
-	return p.decide(destination, class)
+	return e.decide(ctx, p, destination, class, wait)
+}
+
+// decide applies the rules, then the evidence: a destination whose rule
+// allows upgrades is raised to what its probe showed, capped by the rule's
+// upgrade. Evidence only ever raises: no probe outcome, failure or delay
+// answers below the floor.
+func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class, wait time.Duration) Decision {
+	d := p.decide(raw, class)
+	if e.evidence == nil || !d.Found() {
+		return d
+	}
+	limit := d.Rule.Upgrade.Cap()
+	t, ok := d.Key.Target()
+	if !ok || d.Level >= limit {
+		return d // nothing evidence could add
+	}
+	d.Probe, d.Probed = e.evidence.Get(t)
+	if !d.Probed {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		d.Probe, d.Probed = e.evidence.Lookup(wctx, t)
+		cancel()
+		d.Waited = !d.Probed
+	}
+	if !d.Probed {
+		return d
+	}
+	if l := min(capabilityLevel(d.Probe.Capability), limit); l > d.Level {
+		d.Level, d.Answer = l, p.answers[l]
+	}
+	return d
+}
+
+// capabilityLevel is the level a probed capability supports.
+func capabilityLevel(c tlsprobe.Capability) Level {
+	switch c {
+	case tlsprobe.CapVerify:
+		return LevelVerify
+	case tlsprobe.CapEncrypt:
+		return LevelEncrypt
+	}
+	return LevelUnset
 }
 
 func (p *Policy) decide(raw string, class *Class) Decision {
@@ -87,11 +148,11 @@ func (p *Policy) decide(raw string, class *Class) Decision {
 		d.Answer = Answer{Status: StatusNotFound}
 		return d
 	}
-	d.Level = d.Rule.Level
+	d.Floor = d.Rule.Level
 	if class != nil {
-		d.Level = Max(d.Level, class.Level)
+		d.Floor = Max(d.Floor, class.Level)
 	}
-	d.Answer = p.answers[d.Level]
+	d.Level, d.Answer = d.Floor, p.answers[d.Floor]
 	return d
 }
 
@@ -155,6 +216,21 @@ func (p *Policy) Explain(d Decision) string {
 	s := fmt.Sprintf("floor %s from %s", d.Rule.Level, d.Rule.Describe(p.File))
 	if d.Class != nil {
 		s += fmt.Sprintf("; sender class %q needs %s (line %d)", d.Class.Name, d.Class.Level, d.Class.Line)
+	}
+	limit := d.Rule.Upgrade.Cap()
+	switch {
+	case d.Rule.Upgrade == UpgradeNone:
+		s += "; upgrade none: probes do not change it"
+	case d.Floor >= limit:
+		s += fmt.Sprintf("; already at or above what evidence may give (upgrade %s)", d.Rule.Upgrade)
+	case d.Waited:
+		s += "; no probe result within probe.wait: the floor is answered meanwhile"
+	case d.Probed && d.Level > d.Floor:
+		s += fmt.Sprintf("; raised to %s by probe (upgrade %s)", d.Level, d.Rule.Upgrade)
+	case d.Probed && d.Probe.Failed():
+		s += "; the probe failed, so the floor holds: " + d.Probe.Reason(0)
+	case d.Probed:
+		s += "; probe evidence does not allow more: " + d.Probe.Reason(0)
 	}
 	return s
 }

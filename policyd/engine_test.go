@@ -48,7 +48,7 @@ func mustLoad(t testing.TB, yaml string) *Policy {
 
 func TestLookupTable(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, testRules))
+	e := NewEngine(mustLoad(t, testRules), nil)
 	const (
 		may     = "may"
 		encrypt = "encrypt protocols=>=TLSv1.2"
@@ -109,7 +109,7 @@ func TestLookupTable(t *testing.T) {
 
 func TestDecideSenderClass(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, testRules))
+	e := NewEngine(mustLoad(t, testRules), nil)
 	tests := []struct {
 		sender, class string
 	}{
@@ -126,7 +126,7 @@ func TestDecideSenderClass(t *testing.T) {
 		{"not-an-address", ""},
 	}
 	for _, tt := range tests {
-		d := e.Decide(context.Background(), "unmatched.test", tt.sender)
+		d := e.Decide(context.Background(), "unmatched.test", tt.sender, 0)
 		got := ""
 		if d.Class != nil {
 			got = d.Class.Name
@@ -135,7 +135,7 @@ func TestDecideSenderClass(t *testing.T) {
 			t.Errorf("class of %q = %q, want %q", tt.sender, got, tt.class)
 		}
 	}
-	if d := e.Decide(context.Background(), "unmatched.test", ""); d.Class != nil {
+	if d := e.Decide(context.Background(), "unmatched.test", "", 0); d.Class != nil {
 		t.Errorf("no -sender must use the default class, got %q", d.Class.Name)
 	}
 }
@@ -224,7 +224,7 @@ func TestParseKey(t *testing.T) {
 
 func TestReloadSwapsWholePolicy(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, testRules))
+	e := NewEngine(mustLoad(t, testRules), nil)
 	e.SetPolicy(mustLoad(t, "destinations:\n  - {match: other.test, level: secure}\n"))
 	if got := e.LookupTable(context.Background(), "tlspolicy", "example.org"); got.Text != "may" {
 		t.Errorf("after swap example.org = %q, want may (old rules gone)", got.Text)
@@ -238,7 +238,7 @@ func TestReloadSwapsWholePolicy(t *testing.T) {
 }
 
 func TestLookupTableAllocs(t *testing.T) {
-	e := NewEngine(mustLoad(t, testRules))
+	e := NewEngine(mustLoad(t, testRules), nil)
 	ctx := context.Background()
 	for _, key := range []string{"example.org", "a.b.example.org", "[relay.example.net]:587", "unmatched.test"} {
 		allocs := testing.AllocsPerRun(100, func() { e.LookupTable(ctx, "tlspolicy", key) })
@@ -249,7 +249,7 @@ func TestLookupTableAllocs(t *testing.T) {
 }
 
 func BenchmarkLookupTable(b *testing.B) {
-	e := NewEngine(mustLoad(b, testRules))
+	e := NewEngine(mustLoad(b, testRules), nil)
 	ctx := context.Background()
 	keys := []string{"example.org", "a.b.example.org", "Mixed.Case.Example", "unmatched.test"}
 	b.ReportAllocs()

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/idna"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // KeyKind says which form of Postfix next-hop a lookup key has. Postfix
@@ -43,12 +45,23 @@ func (k KeyKind) String() string {
 // Key is a normalised lookup key: lower case, no trailing dot, A-labels.
 // Name is the form rules are indexed by: the domain for KeyDomain, the
 // domain without its leading dot for KeyParent, the whole normalised next
-// hop for KeyVerbatim. Host is the host to probe, Port its port if given.
+// hop for KeyVerbatim. Host is the host to probe, Port its port if given;
+// Direct is set for "[host]" forms, where Postfix skips the MX lookup.
 type Key struct {
-	Kind KeyKind
-	Name string
-	Host string
-	Port int
+	Kind   KeyKind
+	Name   string
+	Host   string
+	Port   int
+	Direct bool
+}
+
+// Target is what to probe for this key: a domain's MX hosts, or the
+// bracketed host itself. A .parent key names no single destination.
+func (k Key) Target() (tlsprobe.Target, bool) {
+	if k.Kind == KeyParent || k.Kind == 0 {
+		return tlsprobe.Target{}, false
+	}
+	return tlsprobe.Target{Name: strings.TrimPrefix(k.Host, "ipv6:"), Direct: k.Direct, Port: k.Port}, true
 }
 
 // String renders the key in Postfix's form.
@@ -121,7 +134,7 @@ func parseBracketed(raw string) (Key, error) {
 		if host != inner {
 			name = "[" + host + "]"
 		}
-		return Key{Kind: KeyVerbatim, Name: name, Host: host}, nil
+		return Key{Kind: KeyVerbatim, Name: name, Host: host, Direct: true}, nil
 	}
 	if rest[0] != ':' {
 		return Key{}, fmt.Errorf("%w: unexpected %q after ]", ErrInvalidKey, rest)
@@ -134,7 +147,7 @@ func parseBracketed(raw string) (Key, error) {
 	if host != inner || rest[1] == '0' {
 		name = "[" + host + "]:" + strconv.Itoa(port)
 	}
-	return Key{Kind: KeyVerbatim, Name: name, Host: host, Port: port}, nil
+	return Key{Kind: KeyVerbatim, Name: name, Host: host, Port: port, Direct: true}, nil
 }
 
 // normalizeHost accepts a domain name or an IP address literal (also

@@ -11,8 +11,7 @@ import (
 // Label values are bounded sets (protocol names, results): never a domain or
 // an address, which would grow without limit.
 type Metrics struct {
-	requests      *prometheus.CounterVec
-	duration      *prometheus.HistogramVec
+	requests      *requestCollector
 	connsOpen     *prometheus.GaugeVec
 	connsRejected *prometheus.CounterVec
 	panics        *prometheus.CounterVec
@@ -21,28 +20,31 @@ type Metrics struct {
 	configRules   prometheus.Gauge
 }
 
-// Request results, the values of the "result" label.
+// Result is the outcome of one request, the value of the "result" label.
+// The first four follow Status, so that a lookup's status converts as is.
+type Result uint8
+
 const (
-	ResultOK        = "ok"
-	ResultNotFound  = "notfound"
-	ResultTemp      = "temp"
-	ResultPerm      = "perm"
-	ResultMalformed = "malformed" // a request that could not be parsed
-	ResultOversized = "oversized" // a request over the size limit
+	ResultOK Result = iota
+	ResultNotFound
+	ResultTemp
+	ResultPerm
+	ResultMalformed // a request that could not be parsed
+	ResultOversized // a request over the size limit
+	numResults
 )
+
+var resultNames = [numResults]string{"ok", "notfound", "temp", "perm", "malformed", "oversized"}
+
+func (r Result) String() string { return resultNames[r] }
+
+// StatusResult is the result of a lookup that ended with status s.
+func StatusResult(s Status) Result { return Result(s) }
 
 // NewMetrics creates and registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_requests_total",
-			Help: "Requests answered, by wire protocol and result.",
-		}, []string{"protocol", "result"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "tlspolicyd_request_duration_seconds",
-			Help:    "Time from a complete request to its reply being written, by wire protocol.",
-			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5, 1, 5, 30},
-		}, []string{"protocol"}),
+		requests: newRequestCollector(),
 		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tlspolicyd_connections_open",
 			Help: "Client connections currently open, by wire protocol.",
@@ -68,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Destination rules in the configuration now in force.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.connsOpen, m.connsRejected, m.panics,
+	reg.MustRegister(m.requests, m.connsOpen, m.connsRejected, m.panics,
 		m.reloads, m.configLoaded, m.configRules)
 	// Show both reload results from the start, so that alerts on
 	// increase(...{result="failure"}) have a series to work on.
@@ -92,11 +94,11 @@ func (m *Metrics) Reload(ok bool) {
 	}
 }
 
-// ProtocolMetrics are one protocol's collectors, resolved once so that the
-// request path only does atomic adds.
+// ProtocolMetrics are one protocol's collectors, resolved once. Per-request
+// counts go to striped counters (see requestStats); connection events are
+// rare and use ordinary collectors.
 type ProtocolMetrics struct {
-	results  map[string]prometheus.Counter
-	duration prometheus.Observer
+	*requestStats
 	Open     prometheus.Gauge
 	Rejected prometheus.Counter
 	Panics   prometheus.Counter
@@ -104,29 +106,10 @@ type ProtocolMetrics struct {
 
 // Protocol returns the collectors for one wire protocol.
 func (m *Metrics) Protocol(name string) *ProtocolMetrics {
-	p := &ProtocolMetrics{
-		results:  make(map[string]prometheus.Counter),
-		duration: m.duration.WithLabelValues(name),
-		Open:     m.connsOpen.WithLabelValues(name),
-		Rejected: m.connsRejected.WithLabelValues(name),
-		Panics:   m.panics.WithLabelValues(name),
+	return &ProtocolMetrics{
+		requestStats: m.requests.protocol(name),
+		Open:         m.connsOpen.WithLabelValues(name),
+		Rejected:     m.connsRejected.WithLabelValues(name),
+		Panics:       m.panics.WithLabelValues(name),
 	}
-	for _, r := range []string{ResultOK, ResultNotFound, ResultTemp, ResultPerm, ResultMalformed, ResultOversized} {
-		p.results[r] = m.requests.WithLabelValues(name, r)
-	}
-	return p
-}
-
-// Request counts one answered request and its duration. result is one of
-// the Result constants.
-func (p *ProtocolMetrics) Request(result string, d time.Duration) {
-	if c, ok := p.results[result]; ok {
-		c.Inc()
-	}
-	p.duration.Observe(d.Seconds())
-}
-
-// StatusResult maps a lookup status to its result label.
-func StatusResult(s Status) string {
-	return s.String()
 }

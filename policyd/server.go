@@ -98,7 +98,17 @@ type Conn struct {
 	log   *slog.Logger // carries protocol and remote address
 	state atomic.Uint32
 	names [4]string // recently seen map names, see internName
+	// start is when the current (or last) request's first byte arrived;
+	// deadlines are computed from it. The armed deadlines are remembered
+	// so that they are set only when they must move (see deadlineConn).
+	start                       time.Time
+	readDeadline, writeDeadline time.Time
+	stripe                      int // this connection's metric stripe
 }
+
+// Elapsed returns the time since the current request's first byte, for
+// the request duration metric.
+func (c *Conn) Elapsed() time.Duration { return time.Since(c.start) }
 
 // Connection states. A connection moves idle -> active when a request's
 // first byte arrives and back when its reply is flushed; Shutdown closes only
@@ -118,9 +128,9 @@ func (c *Conn) Logger() *slog.Logger { return c.log }
 
 // CountRequest records one answered request: result is one of the Result
 // constants, d the time from the complete request to its reply.
-func (c *Conn) CountRequest(result string, d time.Duration) {
+func (c *Conn) CountRequest(result Result, d time.Duration) {
 	if m := c.srv.Metrics; m != nil {
-		m.Request(result, d)
+		m.Request(c.stripe, result, d)
 	}
 }
 
@@ -281,17 +291,19 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 		return nil
 	}
 	c := &Conn{
-		R:   bufio.NewReader(nc),
-		W:   bufio.NewWriter(nc),
-		nc:  nc,
-		srv: s,
-		log: s.logger().With("protocol", s.Protocol, "remote", nc.RemoteAddr().String()),
+		nc:    nc,
+		srv:   s,
+		log:   s.logger().With("protocol", s.Protocol, "remote", nc.RemoteAddr().String()),
+		start: time.Now(), // the idle timeout runs from here until the first request
 	}
+	c.R = bufio.NewReader(deadlineConn{c})
+	c.W = bufio.NewWriter(deadlineConn{c})
 	s.conns[c] = struct{}{}
 	s.wg.Add(1) // under mu, ordered before Shutdown's Wait by inShutdown
 	s.mu.Unlock()
 	if s.Metrics != nil {
 		s.Metrics.Open.Inc()
+		c.stripe = s.Metrics.Stripe()
 	}
 	return c
 }
@@ -324,10 +336,10 @@ func (c *Conn) serve() {
 var errIdleClosed = errors.New("connection closed by shutdown")
 
 // serveOne waits for the next request and serves it. It is the per-request
-// path: no shared lock, no allocation.
+// path: no shared lock, no allocation, and deadlines are armed by
+// deadlineConn only when a read or write may block.
 func (c *Conn) serveOne() error {
 	s := c.srv
-	c.nc.SetReadDeadline(time.Now().Add(s.idleTimeout()))
 	if _, err := c.R.Peek(1); err != nil {
 		if c.state.Load() == stateClosed {
 			return errIdleClosed
@@ -337,7 +349,7 @@ func (c *Conn) serveOne() error {
 	if !c.state.CompareAndSwap(stateIdle, stateActive) {
 		return errIdleClosed // Shutdown got here first
 	}
-	c.nc.SetDeadline(time.Now().Add(s.requestTimeout()))
+	c.start = time.Now()
 	err := s.Codec.ServeRequest(s.ctx, c)
 	// Flush even on error: a codec that closes on bad input has written
 	// the reason.
@@ -356,6 +368,50 @@ func (c *Conn) serveOne() error {
 		return errIdleClosed
 	}
 	return nil
+}
+
+// deadlineSlack is how far a deadline may lag behind its ideal value before
+// it is moved. Setting a deadline updates a timer in the runtime's poller,
+// which costs about as much as answering a cached lookup; re-arming at most
+// once a second per connection keeps it off the per-request path.
+const deadlineSlack = time.Second
+
+// deadlineConn is the connection as its bufio reader and writer see it.
+// bufio calls Read only when it has no buffered bytes left, so a request
+// that arrived whole costs no deadline at all; a read while idle is bounded
+// by IdleTimeout from the last request, a read in the middle of a request
+// and every write by RequestTimeout from the request's first byte.
+type deadlineConn struct{ c *Conn }
+
+func (d deadlineConn) Read(p []byte) (int, error) {
+	c := d.c
+	var want time.Time
+	if c.state.Load() == stateActive {
+		want = c.start.Add(c.srv.requestTimeout())
+	} else {
+		want = c.start.Add(c.srv.idleTimeout())
+	}
+	if !armed(c.readDeadline, want) {
+		c.nc.SetReadDeadline(want)
+		c.readDeadline = want
+	}
+	return c.nc.Read(p)
+}
+
+func (d deadlineConn) Write(p []byte) (int, error) {
+	c := d.c
+	want := c.start.Add(c.srv.requestTimeout())
+	if !armed(c.writeDeadline, want) {
+		c.nc.SetWriteDeadline(want)
+		c.writeDeadline = want
+	}
+	return c.nc.Write(p)
+}
+
+// armed reports whether the deadline cur may stand for want: not later,
+// and earlier by less than deadlineSlack.
+func armed(cur, want time.Time) bool {
+	return !cur.After(want) && want.Sub(cur) < deadlineSlack
 }
 
 // idleError is a read error while waiting for a request to begin.

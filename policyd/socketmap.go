@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"time"
 )
 
 // MaxNetstringLen is the longest netstring payload accepted in a request or
@@ -49,19 +48,18 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		return sc.badRequest(c, err)
 	}
 	c.Buf = p[:0]
-	start := time.Now()
 	name, key, ok := splitSocketmapRequest(p)
 	if !ok {
 		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
 	}
 	mapName := c.internName(name)
 	a := sc.lookup.LookupTable(ctx, mapName, string(key))
-	var result string
+	var result Result
 	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
 	if _, err := c.W.Write(c.Scratch); err != nil {
 		return err
 	}
-	d := time.Since(start)
+	d := c.Elapsed()
 	c.CountRequest(result, d)
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName),
@@ -75,7 +73,8 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 // framing error the stream cannot be trusted to resynchronise. I/O errors
 // (timeout, EOF mid-request) have no one to answer and are returned as is.
 func (sc *socketmapCodec) badRequest(c *Conn, err error) error {
-	var result, reason string
+	var result Result
+	var reason string
 	switch {
 	case errors.Is(err, ErrNetstringTooLong):
 		result, reason = ResultOversized, replyTooLongRequest
@@ -84,10 +83,9 @@ func (sc *socketmapCodec) badRequest(c *Conn, err error) error {
 	default:
 		return err
 	}
-	start := time.Now()
 	c.Scratch = appendNetstring(c.Scratch[:0], "PERM ", reason)
 	_, werr := c.W.Write(c.Scratch)
-	c.CountRequest(result, time.Since(start))
+	c.CountRequest(result, c.Elapsed())
 	c.log.Warn("bad socketmap request; closing connection", "err", err)
 	return errors.Join(err, werr)
 }
@@ -102,7 +100,7 @@ func splitSocketmapRequest(p []byte) (name, key []byte, ok bool) {
 // appendSocketmapReply appends the reply netstring for a and returns the
 // result label to count. A status the codec does not know, or a reply over
 // the netstring limit, becomes TEMP: Postfix then defers, which fails closed.
-func appendSocketmapReply(dst []byte, a Answer) ([]byte, string) {
+func appendSocketmapReply(dst []byte, a Answer) ([]byte, Result) {
 	word, text := "", a.Text
 	switch a.Status {
 	case StatusOK:

@@ -210,9 +210,9 @@ func TestSocketmapEOFMidRequest(t *testing.T) {
 	if err := ws.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for result, counter := range m.results {
-		if v := metricValue(t, counter); v != 0 {
-			t.Errorf("%s requests = %v, want none counted", result, v)
+	for r := Result(0); r < numResults; r++ {
+		if v := m.Count(r); v != 0 {
+			t.Errorf("%s requests = %v, want none counted", r, v)
 		}
 	}
 }
@@ -235,10 +235,10 @@ func TestSocketmapMetricsAndLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := map[string]float64{ResultOK: 2, ResultNotFound: 1, ResultTemp: 1, ResultPerm: 1, ResultMalformed: 1, ResultOversized: 1}
-	for result, counter := range m.results {
-		if got := metricValue(t, counter); got != want[result] {
-			t.Errorf("%s requests = %v, want %v", result, got, want[result])
+	want := map[Result]uint64{ResultOK: 2, ResultNotFound: 1, ResultTemp: 1, ResultPerm: 1, ResultMalformed: 1, ResultOversized: 1}
+	for r := Result(0); r < numResults; r++ {
+		if got := m.Count(r); got != want[r] {
+			t.Errorf("%s requests = %v, want %v", r, got, want[r])
 		}
 	}
 	log := ws.log.String()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"time"
 )
 
 // MaxTCPTableLine is the longest tcp_table request or reply line, counting
@@ -48,19 +47,18 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		return tc.badRequest(c, err)
 	}
 	c.Buf = line[:0]
-	start := time.Now()
 	key, err := parseTCPTableRequest(line)
 	if err != nil {
 		return tc.badRequest(c, err)
 	}
 	k := string(key)
 	a := tc.lookup.LookupTable(ctx, TCPTableMap, k)
-	var result string
+	var result Result
 	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], a)
 	if _, err := c.W.Write(c.Scratch); err != nil {
 		return err
 	}
-	d := time.Since(start)
+	d := c.Elapsed()
 	c.CountRequest(result, d)
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", TCPTableMap),
@@ -74,7 +72,8 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 // a 400 makes Postfix defer, which fails closed), counts and logs it once,
 // and closes the connection. I/O errors are returned as is.
 func (tc *tcpTableCodec) badRequest(c *Conn, err error) error {
-	var result, reason string
+	var result Result
+	var reason string
 	switch {
 	case errors.Is(err, ErrTCPTableTooLong):
 		result, reason = ResultOversized, replyTooLongRequest
@@ -83,10 +82,9 @@ func (tc *tcpTableCodec) badRequest(c *Conn, err error) error {
 	default:
 		return err
 	}
-	start := time.Now()
 	c.Scratch = appendTCPTableLine(c.Scratch[:0], "400 ", reason)
 	_, werr := c.W.Write(c.Scratch)
-	c.CountRequest(result, time.Since(start))
+	c.CountRequest(result, c.Elapsed())
 	c.log.Warn("bad tcp_table request; closing connection", "err", err)
 	return errors.Join(err, werr)
 }
@@ -108,7 +106,7 @@ func parseTCPTableRequest(line []byte) ([]byte, error) {
 // appendTCPTableReply appends the reply line for a and returns the result
 // label to count. A reply over MaxTCPTableLine, or a status the codec does
 // not know, becomes a 400.
-func appendTCPTableReply(dst []byte, a Answer) ([]byte, string) {
+func appendTCPTableReply(dst []byte, a Answer) ([]byte, Result) {
 	var code, text string
 	switch a.Status {
 	case StatusOK:

@@ -175,7 +175,7 @@ func TestTCPTableSizeLimits(t *testing.T) {
 		t.Errorf("over-long line: %q, want %q", got, want)
 	}
 	c.expectClosed()
-	if got := metricValue(t, m.results[ResultOversized]); got != 1 {
+	if got := m.Count(ResultOversized); got != 1 {
 		t.Errorf("oversized requests = %v, want 1", got)
 	}
 }

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+)
+
+// probe runs `tlspolicyd probe`: one live probe, printed per MX host.
+func probe(args []string, stdout, stderr io.Writer) int {
+	var asJSON bool
+	config, rest, ok := flags("probe", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	})
+	if !ok || len(rest) != 1 {
+		fmt.Fprintln(stderr, "usage: tlspolicyd probe [-config FILE] [-json] DOMAIN")
+		return 2
+	}
+	p, err := policyd.LoadFile(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	key, err := policyd.ParseKey(rest[0])
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return 2
+	}
+	target, ok := key.Target()
+	if !ok {
+		fmt.Fprintf(stderr, "tlspolicyd: %s names no single destination to probe\n", rest[0])
+		return 2
+	}
+	prober, err := policyd.NewProber(p.Settings, policyd.ProbeDeps{})
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return 1
+	}
+	r := prober.Probe(context.Background(), target)
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintln(stderr, "tlspolicyd:", err)
+			return 1
+		}
+	} else {
+		printProbe(stdout, r, prober.MinVersion)
+	}
+	if r.Failed() {
+		return 1
+	}
+	return 0
+}
+
+// printProbe writes a probe result as a table a postmaster can read.
+func printProbe(w io.Writer, r tlsprobe.Result, minVersion uint16) {
+	fmt.Fprintf(w, "probe of %s: %s (%s), %s\n", r.Target.Key(), r.Capability, r.Reason(minVersion),
+		r.Duration.Round(time.Millisecond))
+	if len(r.Hosts) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREF\tHOST\tADDRESS\tSTARTTLS\tTLS\tCIPHER\tCERTIFICATE\tRESULT")
+	for _, h := range r.Hosts {
+		addr := "-"
+		if h.Addr.IsValid() {
+			addr = h.Addr.String()
+		}
+		result := h.Capability.String()
+		if h.Cause != tlsprobe.CauseNone {
+			result += " (" + h.Cause.String() + ")"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Preference, h.Host, addr, yesNo(h.STARTTLS),
+			h.Version(), cipherName(h.Cipher), certSummary(h), result)
+	}
+	tw.Flush()
+	for _, h := range r.Hosts {
+		if h.Detail != "" {
+			fmt.Fprintf(w, "  %s %s: %s\n", h.Host, h.Addr, h.Detail)
+		}
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func cipherName(id uint16) string {
+	if id == 0 {
+		return "-"
+	}
+	return tls.CipherSuiteName(id)
+}
+
+func certSummary(h tlsprobe.HostResult) string {
+	if h.NotAfter.IsZero() {
+		return "-"
+	}
+	var parts []string
+	switch {
+	case h.ChainValid && h.NameValid:
+		parts = append(parts, "valid")
+	default:
+		if !h.ChainValid {
+			if h.SelfSigned {
+				parts = append(parts, "self-signed")
+			} else {
+				parts = append(parts, "untrusted")
+			}
+		}
+		if !h.NameValid {
+			parts = append(parts, "wrong name")
+		}
+	}
+	parts = append(parts, "until "+h.NotAfter.UTC().Format(time.DateOnly))
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,247 @@
+package tlsprobe
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/expirable"
+)
+
+// Defaults for the CacheConfig fields left zero.
+const (
+	DefaultCacheSize     = 100000
+	DefaultMaxConcurrent = 16
+	DefaultMaxPending    = 1024
+)
+
+// numShards splits the cache so that concurrent hits on different
+// destinations do not queue on one LRU lock.
+const numShards = 8
+
+// CacheConfig sets the cache's bounds and lifetimes.
+type CacheConfig struct {
+	Size          int           // results kept, in all (0: DefaultCacheSize)
+	TTL           time.Duration // a result is fresh this long
+	NegativeTTL   time.Duration // a failed probe is remembered this long
+	MaxConcurrent int           // probes running at once (0: DefaultMaxConcurrent)
+	MaxPending    int           // probes running or waiting to run (0: DefaultMaxPending)
+	Now           func() time.Time
+	Metrics       *Metrics
+}
+
+// Cache keeps probe results and runs the probes for misses. Lookups of a
+// cached destination take one shard lock and never wait for the network;
+// a miss starts at most one probe per destination, however many lookups
+// ask; probes run with bounded concurrency and a bounded queue; and a
+// result past three quarters of its TTL is refreshed in the background on
+// its next lookup, so a busy destination waits for a probe only once.
+type Cache struct {
+	probe   func(context.Context, Target) Result
+	cfg     CacheConfig
+	shards  [numShards]shard
+	sem     chan struct{}
+	ctx     context.Context // parent of every probe; canceled by Close
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex // guards inflight and closed
+	flights map[string]*flight
+	closed  bool
+}
+
+// shard holds successes and failures apart, each with its own TTL, so a
+// failure is retried soon while a success is kept for hours.
+type shard struct {
+	pos, neg *expirable.LRU[string, *entry]
+}
+
+// entry is an immutable cached result; a change replaces the entry.
+type entry struct {
+	res       Result
+	expires   time.Time
+	refreshAt time.Time // after this, a lookup starts a background refresh
+}
+
+// flight is one probe in progress; waiters block on done.
+type flight struct {
+	done chan struct{}
+	res  Result
+}
+
+// NewCache returns a cache that runs probe for misses. Probes outlive the
+// lookups that started them (a lookup gives up after probe.wait; the probe
+// goes on for the next one) until Close.
+func NewCache(probe func(context.Context, Target) Result, cfg CacheConfig) *Cache {
+	if cfg.Size <= 0 {
+		cfg.Size = DefaultCacheSize
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Cache{
+		probe:   probe,
+		cfg:     cfg,
+		sem:     make(chan struct{}, cfg.MaxConcurrent),
+		flights: make(map[string]*flight),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	per := max(cfg.Size/numShards, 1)
+	// Called under the LRU's lock: it must not touch the cache.
+	onEvict := func(string, *entry) { c.cfg.Metrics.evicted() }
+	for i := range c.shards {
+		// The LRU's own expiry (wall clock) only frees memory; freshness
+		// is decided by entry.expires against the injected clock.
+		c.shards[i] = shard{
+			pos: expirable.NewLRU(per, onEvict, cfg.TTL),
+			neg: expirable.NewLRU(max(per/4, 1), onEvict, cfg.NegativeTTL),
+		}
+	}
+	return c
+}
+
+func (c *Cache) shard(key string) *shard {
+	h := uint32(2166136261) // FNV-1a, inline: no allocation
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return &c.shards[h%numShards]
+}
+
+// Len returns the number of cached results.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		n += c.shards[i].pos.Len() + c.shards[i].neg.Len()
+	}
+	return n
+}
+
+// Get returns the cached result for t without waiting; it starts a
+// background refresh when the result is due for one.
+func (c *Cache) Get(t Target) (Result, bool) {
+	key := t.Key()
+	now := c.cfg.Now()
+	s := c.shard(key)
+	e, ok := s.pos.Get(key)
+	if !ok || !now.Before(e.expires) {
+		e, ok = s.neg.Get(key)
+	}
+	if !ok || !now.Before(e.expires) {
+		return Result{}, false
+	}
+	if !now.Before(e.refreshAt) {
+		c.cfg.Metrics.cacheResult("stale")
+		c.start(t, key)
+	} else {
+		c.cfg.Metrics.cacheResult("hit")
+	}
+	return e.res, true
+}
+
+// Lookup returns the cached result for t or, on a miss, starts a probe and
+// waits for it until ctx ends. It reports false when no result is ready in
+// time (or the probe queue is full); the probe then goes on in the
+// background for later lookups.
+func (c *Cache) Lookup(ctx context.Context, t Target) (Result, bool) {
+	if r, ok := c.Get(t); ok {
+		return r, true
+	}
+	c.cfg.Metrics.cacheResult("miss")
+	f := c.start(t, t.Key())
+	if f == nil {
+		return Result{}, false
+	}
+	select {
+	case <-f.done:
+		return f.res, true
+	case <-ctx.Done():
+		return Result{}, false
+	}
+}
+
+// Probe runs a probe now, ignoring the cache (for `tlspolicyd probe`), and
+// stores its result.
+func (c *Cache) Probe(ctx context.Context, t Target) Result {
+	r := c.probe(ctx, t)
+	c.store(t.Key(), r)
+	return r
+}
+
+// start returns the flight for key, starting one if none is running. It
+// returns nil when the cache is closed or MaxPending probes are queued.
+func (c *Cache) start(t Target, key string) *flight {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.flights[key]; f != nil {
+		return f
+	}
+	if c.closed {
+		return nil
+	}
+	if len(c.flights) >= c.cfg.MaxPending {
+		c.cfg.Metrics.queueFull()
+		return nil
+	}
+	f := &flight{done: make(chan struct{})}
+	c.flights[key] = f
+	c.wg.Add(1)
+	go c.run(t, key, f)
+	return f
+}
+
+// run waits for a probe slot, probes, stores the result and wakes the
+// waiters.
+func (c *Cache) run(t Target, key string, f *flight) {
+	defer c.wg.Done()
+	select {
+	case c.sem <- struct{}{}:
+		f.res = c.probe(c.ctx, t)
+		<-c.sem
+		c.store(key, f.res)
+	case <-c.ctx.Done():
+		f.res = Result{Target: t, Cause: CauseTimeout, Detail: "daemon shutting down"}
+	}
+	c.mu.Lock()
+	delete(c.flights, key)
+	c.mu.Unlock()
+	close(f.done)
+}
+
+// store caches a result. A failed probe (no evidence at all: DNS failure,
+// nothing answered) does not replace an unexpired good result: losing
+// evidence to a passing outage would weaken answers. The good result is
+// kept, and the refresh retried after the negative TTL.
+func (c *Cache) store(key string, r Result) {
+	now := c.cfg.Now()
+	s := c.shard(key)
+	if r.Failed() {
+		if old, ok := s.pos.Peek(key); ok && now.Before(old.expires) {
+			kept := *old
+			kept.refreshAt = now.Add(c.cfg.NegativeTTL)
+			s.pos.Add(key, &kept)
+			return
+		}
+		s.neg.Add(key, &entry{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)})
+		s.pos.Remove(key)
+	} else {
+		s.pos.Add(key, &entry{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)})
+		s.neg.Remove(key)
+	}
+	c.cfg.Metrics.setEntries(c.Len())
+}
+
+// Close cancels probes in flight and waits for them to end.
+func (c *Cache) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+}

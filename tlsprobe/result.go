@@ -1,0 +1,236 @@
+package tlsprobe
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Cause says why a probe did not show a host (or a domain) fully capable.
+// It is a small closed set so that verdict reasons, logs and metric labels
+// can name it.
+type Cause uint8
+
+const (
+	CauseNone             Cause = iota // nothing failed
+	CauseNoSTARTTLS                    // the server did not offer STARTTLS
+	CauseStartTLSRefused               // STARTTLS offered but refused (not 220)
+	CauseHandshake                     // the TLS handshake failed
+	CauseOldTLS                        // TLS version below the minimum
+	CauseExpired                       // certificate expired or not yet valid
+	CauseUnknownAuthority              // chain does not reach a trust anchor (self-signed, private CA)
+	CauseNameMismatch                  // certificate not valid for the MX host name
+	CauseTimeout                       // a step ran past its deadline (tarpit, filtered port)
+	CauseRefused                       // TCP connection refused or reset
+	CauseSMTP                          // unexpected SMTP reply or broken conversation
+	CauseDNS                           // DNS lookup failed (SERVFAIL, timeout)
+	CauseNXDomain                      // the domain does not exist
+	CauseNullMX                        // RFC 7505 null MX: the domain takes no mail
+	CauseNoAddress                     // no MX host has an address
+	CausePrivateAddress                // refused to connect to a non-public address
+)
+
+var causeNames = [...]string{
+	CauseNone:             "none",
+	CauseNoSTARTTLS:       "no_starttls",
+	CauseStartTLSRefused:  "starttls_refused",
+	CauseHandshake:        "handshake_failure",
+	CauseOldTLS:           "old_tls",
+	CauseExpired:          "expired",
+	CauseUnknownAuthority: "unknown_authority",
+	CauseNameMismatch:     "name_mismatch",
+	CauseTimeout:          "timeout",
+	CauseRefused:          "connection_refused",
+	CauseSMTP:             "smtp_error",
+	CauseDNS:              "dns_failure",
+	CauseNXDomain:         "nxdomain",
+	CauseNullMX:           "null_mx",
+	CauseNoAddress:        "no_address",
+	CausePrivateAddress:   "private_address",
+}
+
+// String is the cause's metric label value.
+func (c Cause) String() string {
+	if int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return fmt.Sprintf("cause(%d)", uint8(c))
+}
+
+// Causes lists every cause, for pre-creating metric series.
+func Causes() []Cause {
+	cs := make([]Cause, len(causeNames))
+	for i := range cs {
+		cs[i] = Cause(i)
+	}
+	return cs
+}
+
+// Answered reports whether a host with this cause took part in the SMTP
+// conversation. Hosts that did not answer (unreachable, refused, tarpitted
+// before EHLO) do not count in a domain's summary: a sender would move on
+// to the next MX too. Hosts that did answer all count, so a domain is only
+// as capable as its weakest answering MX.
+func (c Cause) Answered() bool {
+	switch c {
+	case CauseTimeout, CauseRefused, CausePrivateAddress, CauseDNS, CauseNoAddress:
+		return false
+	}
+	return true
+}
+
+// Capability is what a probe showed a destination can do, weakest first.
+type Capability uint8
+
+const (
+	// CapUnknown: no evidence (the probe failed or nothing answered).
+	CapUnknown Capability = iota
+	// CapNone: plaintext only, or TLS below the minimum version.
+	CapNone
+	// CapEncrypt: STARTTLS with a TLS version at or above the minimum.
+	CapEncrypt
+	// CapVerify: as CapEncrypt, and a certificate chain to a trust anchor,
+	// valid now, for the MX host name.
+	CapVerify
+)
+
+func (c Capability) String() string {
+	return [...]string{"unknown", "none", "encrypt", "verify"}[c]
+}
+
+// Target is what to probe: a domain's MX hosts, or one host directly (a
+// Postfix "[host]" next hop). Port 0 means the prober's default port.
+type Target struct {
+	Name   string // lower-case A-label domain or host name, or an IP literal
+	Direct bool   // probe Name itself, skipping the MX lookup
+	Port   int
+}
+
+// Key is the cache key of a target.
+func (t Target) Key() string {
+	k := t.Name
+	if t.Direct {
+		k = "[" + k + "]"
+	}
+	if t.Port != 0 {
+		k += fmt.Sprintf(":%d", t.Port)
+	}
+	return k
+}
+
+// HostResult is what one probe of one MX host address found.
+type HostResult struct {
+	Host       string         // MX host name (or the target for direct probes)
+	Preference uint16         // MX preference
+	Addr       netip.AddrPort // the address probed
+	STARTTLS   bool           // offered in the EHLO reply
+	TLSVersion uint16         // negotiated version; 0 without a handshake
+	Cipher     uint16         // negotiated cipher suite
+	ChainValid bool           // chain reaches a trust anchor and is valid now
+	NameValid  bool           // certificate is valid for Host
+	SelfSigned bool           // leaf signed by its own key
+	NotAfter   time.Time      // leaf expiry
+	Issuer     string         // leaf issuer, for people
+	Capability Capability     // what this host showed
+	Cause      Cause          // why it is not CapVerify; CauseNone when it is
+	Detail     string         // the error text behind Cause
+	Duration   time.Duration
+}
+
+// Version returns the negotiated TLS version's name, e.g. "TLSv1.2".
+func (h HostResult) Version() string { return VersionName(h.TLSVersion) }
+
+// VersionName names a TLS version as Postfix does ("TLSv1.2").
+func VersionName(v uint16) string {
+	switch v {
+	case 0:
+		return "-"
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return fmt.Sprintf("0x%04x", v)
+}
+
+// ParseVersion maps Postfix's protocol names to TLS versions.
+func ParseVersion(s string) (uint16, error) {
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11, tls.VersionTLS12, tls.VersionTLS13} {
+		if VersionName(v) == s {
+			return v, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown TLS version %q", s)
+}
+
+// Result is what a probe of a target found: every host address probed,
+// and a summary that is safe for whichever MX a sender ends up using.
+type Result struct {
+	Target     Target
+	Hosts      []HostResult
+	Capability Capability // the weakest capability among hosts that answered
+	Cause      Cause      // why the target is not CapVerify (domain failure, or the weakest host's cause)
+	Detail     string
+	ProbedAt   time.Time
+	Duration   time.Duration
+}
+
+// Failed reports whether the probe produced no evidence (DNS failure, no
+// host answered). Such results are cached for the shorter negative TTL.
+func (r Result) Failed() bool { return r.Capability == CapUnknown }
+
+// WeakestHost returns the answering host that limits the summary, if any.
+func (r Result) WeakestHost() (HostResult, bool) {
+	for _, h := range r.Hosts {
+		if h.Cause.Answered() && h.Capability == r.Capability && h.Cause == r.Cause {
+			return h, true
+		}
+	}
+	return HostResult{}, false
+}
+
+// Reason says in a few words why the target is not verify-capable, e.g.
+// "no STARTTLS at mx.example.com" or "TLSv1 below TLSv1.2 at mx.example.com".
+func (r Result) Reason(minVersion uint16) string {
+	if r.Cause == CauseNone {
+		return "verified TLS at every MX that answered"
+	}
+	h, ok := r.WeakestHost()
+	if !ok {
+		if r.Detail != "" {
+			return r.Detail
+		}
+		return r.Cause.String()
+	}
+	switch r.Cause {
+	case CauseNoSTARTTLS:
+		return "no STARTTLS at " + h.Host
+	case CauseOldTLS:
+		return fmt.Sprintf("%s below %s at %s", h.Version(), VersionName(minVersion), h.Host)
+	case CauseExpired:
+		return fmt.Sprintf("certificate of %s expired %s", h.Host, h.NotAfter.UTC().Format(time.DateOnly))
+	case CauseUnknownAuthority:
+		if h.SelfSigned {
+			return "self-signed certificate at " + h.Host
+		}
+		return "untrusted certificate issuer at " + h.Host
+	case CauseNameMismatch:
+		return "certificate not valid for " + h.Host
+	case CauseHandshake:
+		return "TLS handshake failed at " + h.Host
+	case CauseStartTLSRefused:
+		return "STARTTLS refused by " + h.Host
+	}
+	return fmt.Sprintf("%s at %s", r.Cause, h.Host)
+}
+
+// MarshalText writes the cause's name in JSON output.
+func (c Cause) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// MarshalText writes the capability's name in JSON output.
+func (c Capability) MarshalText() ([]byte, error) { return []byte(c.String()), nil }

@@ -1,0 +1,314 @@
+package tlsprobe
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Bounds on what a probed server may send: a hostile MX must not make the
+// prober buffer without limit or loop forever.
+const (
+	maxReplyLine  = 2048 // RFC 5321 allows 512; be generous
+	maxReplyLines = 100
+	maxPreTLS     = 64 << 10 // bytes read before the handshake
+)
+
+// probeError carries a Cause with the error behind it.
+type probeError struct {
+	cause Cause
+	err   error
+}
+
+func (e *probeError) Error() string { return e.err.Error() }
+func (e *probeError) Unwrap() error { return e.err }
+
+func fail(c Cause, format string, args ...any) error {
+	return &probeError{cause: c, err: fmt.Errorf(format, args...)}
+}
+
+// netCause classifies a network error: a deadline is a timeout, a refusal or
+// reset means nobody answered.
+func netCause(err error) Cause {
+	var ne net.Error
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return CauseTimeout
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return CauseRefused
+	}
+	return CauseSMTP
+}
+
+// session is one SMTP conversation with one MX address.
+type session struct {
+	conn net.Conn
+	r    *bufio.Reader
+	step time.Duration
+	ctx  context.Context
+}
+
+// deadline arms the connection for one step: the step timeout, or the
+// whole probe's deadline if that comes first.
+func (s *session) deadline() {
+	d := time.Now().Add(s.step)
+	if dl, ok := s.ctx.Deadline(); ok && dl.Before(d) {
+		d = dl
+	}
+	s.conn.SetDeadline(d)
+}
+
+// reply reads one whole SMTP reply, multi-line included ("250-..." lines
+// until "250 ..."), and returns its code and text lines.
+func (s *session) reply() (int, []string, error) {
+	s.deadline()
+	var lines []string
+	for len(lines) < maxReplyLines {
+		line, err := s.r.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return 0, nil, fail(CauseSMTP, "reply line longer than %d bytes", maxReplyLine)
+			}
+			return 0, nil, &probeError{cause: netCause(err), err: err}
+		}
+		text := strings.TrimRight(string(line), "\r\n")
+		if len(text) < 3 {
+			return 0, nil, fail(CauseSMTP, "malformed reply line %q", text)
+		}
+		code, err := strconv.Atoi(text[:3])
+		if err != nil || code < 200 || code > 599 {
+			return 0, nil, fail(CauseSMTP, "malformed reply line %q", text)
+		}
+		rest := text[3:]
+		if len(rest) > 0 && rest[0] == '-' {
+			lines = append(lines, rest[1:])
+			continue
+		}
+		return code, append(lines, strings.TrimPrefix(rest, " ")), nil
+	}
+	return 0, nil, fail(CauseSMTP, "reply longer than %d lines", maxReplyLines)
+}
+
+func (s *session) command(cmd string) (int, []string, error) {
+	s.deadline()
+	if _, err := io.WriteString(s.conn, cmd+"\r\n"); err != nil {
+		return 0, nil, &probeError{cause: netCause(err), err: err}
+	}
+	return s.reply()
+}
+
+// hasExtension reports whether an EHLO reply lists keyword. The first line
+// is the greeting; STARTTLS may be on any later line, the last included.
+func hasExtension(lines []string, keyword string) bool {
+	for _, l := range lines[min(1, len(lines)):] {
+		word, _, _ := strings.Cut(strings.TrimSpace(l), " ")
+		if strings.EqualFold(word, keyword) {
+			return true
+		}
+	}
+	return false
+}
+
+// probeAddr runs the STARTTLS conversation with one address and records
+// what held: banner, EHLO, STARTTLS, the full handshake, then QUIT. The
+// handshake accepts any certificate; the chain and the name are checked
+// afterwards, so that one result says both "TLS works" and "why it would
+// not verify".
+func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr netip.AddrPort) (h HostResult) {
+	start := p.now()
+	h = HostResult{Host: host, Preference: pref, Addr: addr}
+	defer func() { h.Duration = p.now().Sub(start) }()
+	if !p.AllowPrivate && !IsPublic(addr.Addr()) {
+		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+" is not a public address"
+		p.Metrics.refusedPrivate()
+		return h
+	}
+	err := p.converse(ctx, &h, addr)
+	if err != nil {
+		var pe *probeError
+		if errors.As(err, &pe) {
+			h.Cause = pe.cause
+		} else {
+			h.Cause = netCause(err)
+		}
+		h.Detail = err.Error()
+	}
+	return h
+}
+
+func (p *Prober) converse(ctx context.Context, h *HostResult, addr netip.AddrPort) error {
+	dctx, cancel := context.WithTimeout(ctx, p.step())
+	conn, err := p.dial(dctx, "tcp", addr.String())
+	cancel()
+	if err != nil {
+		return &probeError{cause: netCause(err), err: err}
+	}
+	defer conn.Close()
+	s := &session{conn: conn, r: bufio.NewReaderSize(io.LimitReader(conn, maxPreTLS), maxReplyLine), step: p.step(), ctx: ctx}
+
+	code, _, err := s.reply()
+	if err != nil {
+		return err
+	}
+	if code != 220 {
+		return fail(CauseSMTP, "banner: %d", code)
+	}
+	code, ext, err := s.command("EHLO " + p.helo())
+	if err != nil {
+		return err
+	}
+	if code != 250 {
+		h.Capability = CapNone
+		return fail(CauseNoSTARTTLS, "EHLO refused with %d: no ESMTP, so no STARTTLS", code)
+	}
+	h.STARTTLS = hasExtension(ext, "STARTTLS")
+	if !h.STARTTLS {
+		h.Capability = CapNone
+		s.command("QUIT")
+		return fail(CauseNoSTARTTLS, "STARTTLS not offered")
+	}
+	code, _, err = s.command("STARTTLS")
+	if err != nil {
+		return err
+	}
+	if code != 220 {
+		h.Capability = CapNone
+		return fail(CauseStartTLSRefused, "STARTTLS answered %d", code)
+	}
+	if s.r.Buffered() > 0 {
+		// Bytes after "220" before the handshake: a command-injection
+		// attempt or a broken server (CVE-2011-0411 class). Do not go on.
+		h.Capability = CapNone
+		return fail(CauseSMTP, "unexpected data after STARTTLS reply")
+	}
+
+	tc := tls.Client(conn, p.tlsConfig(h.Host))
+	hctx, cancel := context.WithTimeout(ctx, p.step())
+	err = tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		h.Capability = CapNone
+		if c := netCause(err); c == CauseTimeout {
+			return &probeError{cause: c, err: err}
+		}
+		return &probeError{cause: CauseHandshake, err: err}
+	}
+	st := tc.ConnectionState()
+	h.TLSVersion, h.Cipher = st.Version, st.CipherSuite
+	p.quit(tc)
+
+	if st.Version < p.minVersion() {
+		h.Capability = CapNone
+		return fail(CauseOldTLS, "negotiated %s, below %s", VersionName(st.Version), VersionName(p.minVersion()))
+	}
+	h.Capability = CapEncrypt
+	if err := p.checkCertificate(h, st.PeerCertificates); err != nil {
+		return err
+	}
+	h.Capability = CapVerify
+	return nil
+}
+
+// quit ends the TLS session politely; its outcome does not matter.
+func (p *Prober) quit(tc *tls.Conn) {
+	tc.SetDeadline(time.Now().Add(min(p.step(), 2*time.Second)))
+	if _, err := io.WriteString(tc, "QUIT\r\n"); err == nil {
+		bufio.NewReaderSize(io.LimitReader(tc, maxReplyLine), maxReplyLine).ReadSlice('\n')
+	}
+}
+
+// tlsConfig accepts every certificate and every protocol version and
+// cipher suite the Go library can speak, so that the probe learns what the
+// server offers; verification is done afterwards by checkCertificate.
+func (p *Prober) tlsConfig(host string) *tls.Config {
+	var suites []uint16
+	for _, cs := range tls.CipherSuites() {
+		suites = append(suites, cs.ID)
+	}
+	for _, cs := range tls.InsecureCipherSuites() {
+		suites = append(suites, cs.ID)
+	}
+	cfg := &tls.Config{
+		InsecureSkipVerify: true, // verified by checkCertificate, after the handshake
+		MinVersion:         tls.VersionTLS10,
+		CipherSuites:       suites,
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		cfg.ServerName = host // SNI, as Postfix sends it
+	}
+	return cfg
+}
+
+// checkCertificate verifies the chain against the trust anchors and the
+// leaf against the MX host name, recording each result.
+func (p *Prober) checkCertificate(h *HostResult, certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return fail(CauseHandshake, "server sent no certificate")
+	}
+	leaf := certs[0]
+	h.NotAfter, h.Issuer = leaf.NotAfter, leaf.Issuer.String()
+	h.SelfSigned = leaf.CheckSignatureFrom(leaf) == nil
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         p.Roots,
+		Intermediates: inter,
+		CurrentTime:   p.now(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	h.ChainValid = err == nil
+	h.NameValid = leaf.VerifyHostname(h.Host) == nil
+	now := p.now()
+	switch {
+	case now.After(leaf.NotAfter) || now.Before(leaf.NotBefore):
+		return fail(CauseExpired, "certificate valid %s to %s", leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	case err != nil:
+		return fail(CauseUnknownAuthority, "certificate chain: %v", err)
+	case !h.NameValid:
+		return fail(CauseNameMismatch, "certificate is for %s, not %s", strings.Join(leaf.DNSNames, ", "), h.Host)
+	}
+	return nil
+}
+
+// IsPublic reports whether a probe may connect to a: not loopback,
+// private (RFC 1918, ULA), link-local, multicast, unspecified, CGNAT or
+// otherwise reserved. An attacker who controls a domain's MX records must
+// not steer the daemon into the local network.
+func IsPublic(a netip.Addr) bool {
+	a = a.Unmap()
+	if !a.IsValid() || a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() ||
+		a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
+		return false
+	}
+	for _, p := range reserved {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
+
+var reserved = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"), // CGNAT
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"), // benchmarking
+	netip.MustParsePrefix("240.0.0.0/4"),   // reserved, broadcast
+	netip.MustParsePrefix("64:ff9b:1::/48"),
+	netip.MustParsePrefix("100::/64"), // discard
+}
