@@ -64,7 +64,11 @@ func probe(args []string, stdout, stderr io.Writer) int {
 
 // printProbe writes a probe result as a table a postmaster can read.
 func printProbe(w io.Writer, r tlsprobe.Result, minVersion uint16) {
-	fmt.Fprintf(w, "probe of %s: %s (%s), %s\n", r.Target.Key(), r.Capability, r.Reason(minVersion),
+	verdict := r.Capability.String()
+	if r.Failed() {
+		verdict = "no evidence"
+	}
+	fmt.Fprintf(w, "probe of %s: %s (%s), %s\n", r.Target.Key(), verdict, r.Reason(minVersion),
 		r.Duration.Round(time.Millisecond))
 	if len(r.Hosts) == 0 {
 		return

@@ -106,8 +106,12 @@ func (d *Daemon) Start() error {
 		d.servers = append(d.servers, &Server{
 			Protocol: p.name,
 			Codec:    p.codec,
-			Logger:   d.log.With("protocol", p.name),
-			Metrics:  d.metrics.Protocol(p.name),
+			// A lookup may wait probe.wait for a probe; the reply must
+			// still make its deadline. (A reload that lengthens the wait
+			// applies to connections opened after a restart.)
+			RequestTimeout: max(DefaultRequestTimeout, s.ProbeWait+5*time.Second),
+			Logger:         d.log.With("protocol", p.name),
+			Metrics:        d.metrics.Protocol(p.name),
 		})
 	}
 	var httpL net.Listener

@@ -194,6 +194,10 @@ func renderPolicy(l Level, minTLS string, v Version) string {
 	return l.String() + " protocols=" + strings.Join(excluded, ":")
 }
 
+// maxProbeWait bounds probe.wait: Postfix gives a table lookup 100 s
+// before it fails, and a waiting lookup holds up a delivery process.
+const maxProbeWait = 60 * time.Second
+
 // compiler collects every problem of one file with its line.
 type compiler struct {
 	file string
@@ -304,6 +308,9 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	c.duration(&s.ProbeTTL, cfg.Probe.TTL, false, "probe", "ttl")
 	c.duration(&s.ProbeNegTTL, cfg.Probe.NegativeTTL, false, "probe", "negative_ttl")
 	c.duration(&s.ProbeWait, cfg.Probe.Wait, true, "probe", "wait")
+	if s.ProbeWait > maxProbeWait {
+		c.errorf([]any{"probe", "wait"}, "probe.wait: %s is too long: a lookup blocks the Postfix process that asked (write at most %s; 5s is typical)", s.ProbeWait, maxProbeWait)
+	}
 	c.caFile(cfg.Probe.CAFile, "probe", "ca_file")
 	s.ProbeCAFile = cfg.Probe.CAFile
 	s.AllowPrivate = cfg.Probe.AllowPrivate
