@@ -80,11 +80,8 @@ func (d *Daemon) Start() error {
 	protos := []proto{
 		{"socketmap", s.Listen.Socketmap, NewSocketmapCodec(d.Engine)},
 		{"tcptable", s.Listen.TCPTable, NewTCPTableCodec(d.Engine)},
-	}
-	for key, addr := range map[string]string{"policy": s.Listen.Policy, "exim": s.Listen.Exim} {
-		if addr != "" {
-			d.log.Warn("this version does not serve this protocol yet; the listener is not started", "listen", key, "addr", addr)
-		}
+		{"policy", s.Listen.Policy, NewDelegationCodec(d.Engine, d.metrics)},
+		{"exim", s.Listen.Exim, NewEximCodec(d.Engine, d.Engine, d.metrics)},
 	}
 	var listeners []net.Listener
 	closeAll := func() {

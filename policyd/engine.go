@@ -3,6 +3,7 @@ package policyd
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -14,7 +15,15 @@ import (
 const (
 	MapTLSPolicy = "tlspolicy"
 	MapTransport = "transport"
+	// MapSenderTransport answers sender_dependent_default_transport_maps:
+	// the class transport ("smtp-CLASS:") of a class's senders. Its name
+	// has a dot, which no class name can have, so it never clashes.
+	MapSenderTransport = "sender.transport"
 )
+
+// ClassTransport is the master.cf transport that carries a class's mail:
+// an smtp(8) whose smtp_tls_policy_maps is the class's socketmap.
+func ClassTransport(class string) string { return "smtp-" + class }
 
 // Engine decides destinations' TLS policies from the rules in force. The
 // rules are one immutable Policy behind an atomic pointer: a reload swaps
@@ -75,8 +84,11 @@ func (e *Engine) LookupTable(ctx context.Context, mapName, key string) Answer {
 	switch mapName {
 	case MapTLSPolicy:
 	case MapTransport:
-		// Fallback routes need probe evidence ("cannot meet its level");
-		// until the engine has it, no destination is rerouted.
+		return e.fallbackRoute(p, key)
+	case MapSenderTransport:
+		if c := p.senders.classFor(key); c != nil {
+			return Answer{Status: StatusOK, Text: ClassTransport(c.Name) + ":"}
+		}
 		return Answer{Status: StatusNotFound}
 	default:
 		if class = p.classByName(mapName); class == nil {
@@ -107,24 +119,60 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		return d
 	}
 	limit := d.Rule.Upgrade.Cap()
-	t, ok := d.Key.Target()
-	if !ok || d.Level >= limit {
+	if _, ok := d.Key.Target(); !ok || d.Level >= limit {
 		return d // nothing evidence could add
 	}
-	d.Probe, d.Probed = e.evidence.Get(t)
+	d.Probe, d.Probed = e.evidenceFor(ctx, d.Key, wait)
 	if !d.Probed {
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		d.Probe, d.Probed = e.evidence.Lookup(wctx, t)
-		cancel()
-		d.Waited = !d.Probed
-	}
-	if !d.Probed {
+		d.Waited = true
 		return d
 	}
 	if l := min(capabilityLevel(d.Probe.Capability), limit); l > d.Level {
 		d.Level, d.Answer = l, p.answers[l]
 	}
 	return d
+}
+
+// evidenceFor returns the probe result for a key: from the cache, or by
+// waiting at most wait for a probe. Without a prober there is none.
+func (e *Engine) evidenceFor(ctx context.Context, k Key, wait time.Duration) (tlsprobe.Result, bool) {
+	t, ok := k.Target()
+	if e.evidence == nil || !ok {
+		return tlsprobe.Result{}, false
+	}
+	if r, ok := e.evidence.Get(t); ok {
+		return r, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return e.evidence.Lookup(wctx, t)
+}
+
+// fallbackRoute answers transport_maps: the fallback route of a
+// destination whose rule has one and that evidence shows cannot meet the
+// rule's level. It never waits: trivial-rewrite resolves every address
+// through this map, so a miss starts the probe and answers NOTFOUND; the
+// mail then goes direct under the rule's level (and defers if the
+// destination cannot meet it), and the next queue run finds the evidence.
+// Address keys ("user@domain") are NOTFOUND so Postfix asks for the domain.
+func (e *Engine) fallbackRoute(p *Policy, key string) Answer {
+	notFound := Answer{Status: StatusNotFound}
+	if strings.IndexByte(key, '@') >= 0 {
+		return notFound
+	}
+	k, err := ParseKey(key)
+	if err != nil {
+		return notFound
+	}
+	r := p.Match(k)
+	if r == nil || r.Fallback == "" || !r.Level.Encrypted() {
+		return notFound
+	}
+	res, ok := e.evidenceFor(context.Background(), k, 0)
+	if !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
+		return notFound
+	}
+	return Answer{Status: StatusOK, Text: r.Fallback}
 }
 
 // capabilityLevel is the level a probed capability supports.
@@ -228,9 +276,9 @@ func (p *Policy) Explain(d Decision) string {
 	case d.Probed && d.Level > d.Floor:
 		s += fmt.Sprintf("; raised to %s by probe (upgrade %s)", d.Level, d.Rule.Upgrade)
 	case d.Probed && d.Probe.Failed():
-		s += "; the probe failed, so the floor holds: " + d.Probe.Reason(0)
+		s += "; the probe failed, so the floor holds: " + d.Probe.Reason(p.minTLS())
 	case d.Probed:
-		s += "; probe evidence does not allow more: " + d.Probe.Reason(0)
+		s += "; probe evidence does not allow more: " + d.Probe.Reason(p.minTLS())
 	}
 	return s
 }

@@ -18,6 +18,7 @@ type Metrics struct {
 	reloads       *prometheus.CounterVec
 	configLoaded  prometheus.Gauge
 	configRules   prometheus.Gauge
+	decisions     *prometheus.CounterVec
 }
 
 // Result is the outcome of one request, the value of the "result" label.
@@ -69,9 +70,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tlspolicyd_config_rules",
 			Help: "Destination rules in the configuration now in force.",
 		}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tlspolicyd_decisions_total",
+			Help: "RCPT-time decisions, by sender class (\"default\" for none) and action.",
+		}, []string{"class", "action"}),
 	}
 	reg.MustRegister(m.requests, m.connsOpen, m.connsRejected, m.panics,
-		m.reloads, m.configLoaded, m.configRules)
+		m.reloads, m.configLoaded, m.configRules, m.decisions)
 	// Show both reload results from the start, so that alerts on
 	// increase(...{result="failure"}) have a series to work on.
 	m.reloads.WithLabelValues("success")
@@ -92,6 +97,19 @@ func (m *Metrics) Reload(ok bool) {
 	} else {
 		m.reloads.WithLabelValues("failure").Inc()
 	}
+}
+
+// Decision counts one RCPT-time decision. Class names come from the
+// configuration, so the label set stays bounded. m may be nil.
+func (m *Metrics) Decision(v Verdict) {
+	if m == nil {
+		return
+	}
+	class := "default"
+	if v.Class != nil {
+		class = v.Class.Name
+	}
+	m.decisions.WithLabelValues(class, v.Action.String()).Inc()
 }
 
 // ProtocolMetrics are one protocol's collectors, resolved once. Per-request

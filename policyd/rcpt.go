@@ -1,0 +1,182 @@
+package policyd
+
+import (
+	"context"
+	"strings"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+)
+
+// Action is what the RCPT-time check tells the MTA to do with a recipient.
+type Action uint8
+
+const (
+	ActionDunno  Action = iota // the destination can meet every requirement
+	ActionReject               // on_fail: reject
+	ActionDefer                // on_fail: defer, or not known yet / temporary failure
+	ActionDiscard
+	ActionHold
+	ActionFilter // on_fail: fallback
+)
+
+var actionNames = [...]string{"dunno", "reject", "defer", "discard", "hold", "filter"}
+
+// String is the action's metric label value.
+func (a Action) String() string { return actionNames[a] }
+
+// Verdict is the RCPT-time decision for one sender and recipient.
+type Verdict struct {
+	Action Action
+	Class  *Class // the sender's class, nil for the default class
+	Rule   *Rule  // the recipient domain's rule
+	// Need is the level the requirement that failed asked for (class or
+	// destination rule); Reason says why it cannot be met, or why the
+	// answer is not known.
+	Need    Level
+	Reason  string
+	Message string // the configured message (class) or a default
+	Route   string // the fallback route, for ActionFilter
+}
+
+// Render writes the verdict as a Postfix access(5) action: the text
+// carries the enhanced status code, the configured message and the reason,
+// so the sender learns at once why the recipient was refused.
+func (v Verdict) Render() string {
+	switch v.Action {
+	case ActionDunno:
+		return "DUNNO"
+	case ActionFilter:
+		return "FILTER " + v.Route
+	case ActionReject:
+		return "REJECT 5.7.10 " + v.text()
+	case ActionDefer:
+		return "DEFER_IF_PERMIT 4.7.10 " + v.text()
+	case ActionDiscard:
+		return "DISCARD " + v.text()
+	case ActionHold:
+		return "HOLD " + v.text()
+	}
+	return "DEFER_IF_PERMIT 4.7.10 internal error"
+}
+
+func (v Verdict) text() string {
+	t := v.Message
+	if v.Reason != "" {
+		t += " (" + v.Reason + ")"
+	}
+	// One line of printable text: Postfix puts it in an SMTP reply.
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, t)
+}
+
+// defaultRuleMessage is the message of destination rules, which have none
+// of their own.
+const defaultRuleMessage = "recipient domain cannot receive mail with the TLS protection it requires"
+
+// requirement is one level a recipient must meet, and what to do if not.
+type requirement struct {
+	need     Level
+	onFail   OnFail
+	fallback string
+	message  string
+}
+
+// CheckRecipient decides at RCPT time whether mail from sender may go to
+// recipient. The sender's class (if any) and the recipient domain's rule
+// (if it has on_fail) each set a requirement; the recipient domain's
+// evidence says whether it can meet it. A probe not finished within wait,
+// or a temporary failure, defers: the sending MTA retries, and the probe
+// is ready by then.
+func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) Verdict {
+	p := e.policy.Load()
+	wait := p.Settings.ProbeWait
+	v := Verdict{Class: p.senders.classFor(sender)}
+	domain := recipientDomain(recipient)
+	if domain == "" {
+		return v // no domain (a local recipient): not ours to judge
+	}
+	k, err := ParseKey(domain)
+	if err != nil || k.Kind != KeyDomain {
+		return v
+	}
+	v.Rule = p.Match(k)
+	var reqs []requirement
+	if c := v.Class; c != nil && c.Level.Encrypted() {
+		reqs = append(reqs, requirement{c.Level, c.OnFail, c.Fallback, c.Message})
+	}
+	if r := v.Rule; r.OnFail != OnFailUnset && r.Level.Encrypted() {
+		reqs = append(reqs, requirement{r.Level, r.OnFail, r.Fallback, defaultRuleMessage})
+	}
+	if len(reqs) == 0 {
+		return v
+	}
+	res, ok := e.evidenceFor(ctx, k, wait)
+	for _, req := range reqs {
+		if out := judge(req, res, ok, p.minTLS()); out.Action != ActionDunno {
+			out.Class, out.Rule = v.Class, v.Rule
+			return out
+		}
+	}
+	return v
+}
+
+// judge checks one requirement against the evidence.
+func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) Verdict {
+	v := Verdict{Need: req.need, Message: req.message}
+	switch {
+	case !known:
+		v.Action, v.Reason = ActionDefer, "TLS support of the recipient domain is not known yet; try again later"
+		return v
+	case res.Cause == tlsprobe.CauseNXDomain || res.Cause == tlsprobe.CauseNullMX:
+		return Verdict{} // the domain takes no mail; delivery will fail on its own
+	case res.Failed():
+		v.Action, v.Reason = ActionDefer, "cannot check TLS support now: "+res.Reason(minTLS)
+		return v
+	case res.Capability >= neededCapability(req.need):
+		return Verdict{}
+	}
+	v.Reason = res.Reason(minTLS)
+	switch req.onFail {
+	case OnFailDefer:
+		v.Action = ActionDefer
+	case OnFailDiscard:
+		v.Action = ActionDiscard
+	case OnFailHold:
+		v.Action = ActionHold
+	case OnFailFallback:
+		v.Action, v.Route = ActionFilter, req.fallback
+	default:
+		v.Action = ActionReject
+	}
+	return v
+}
+
+// neededCapability is the probe capability that lets a destination meet
+// level l. Probes cannot establish DANE or the name match of secure, so
+// those ask for the most a probe can show: a verified chain and name.
+func neededCapability(l Level) tlsprobe.Capability {
+	if l == LevelEncrypt {
+		return tlsprobe.CapEncrypt
+	}
+	return tlsprobe.CapVerify
+}
+
+// recipientDomain returns the domain of an address, or "".
+func recipientDomain(addr string) string {
+	addr = strings.Trim(addr, "<>")
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return addr[i+1:]
+}
+
+// minTLS is the minimum TLS version as a number, for reasons.
+func (p *Policy) minTLS() uint16 {
+	v, _ := tlsprobe.ParseVersion(p.Settings.MinimumTLS)
+	return v
+}
