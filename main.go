@@ -152,6 +152,10 @@ func query(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "  map:     %s\n", mapName)
 	fmt.Fprintf(stdout, "  why:     %s\n", p.Explain(d))
+	if sender != "" && d.Key.Kind == policyd.KeyDomain {
+		v := e.CheckRecipient(context.Background(), sender, "postmaster@"+d.Key.Name)
+		fmt.Fprintf(stdout, "  at RCPT: %s\n", v.Render())
+	}
 	if d.Probed {
 		fmt.Fprintln(stdout)
 		printProbe(stdout, d.Probe, prober.MinVersion)

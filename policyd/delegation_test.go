@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // postfixRCPT is the attribute block Postfix 3.7 sends at RCPT (from
@@ -112,4 +114,28 @@ func FuzzPolicyRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkDelegation drives one persistent policy connection over
+// loopback with Postfix's RCPT block and reports requests per CPU-second
+// of the whole process (client and server together, so the server alone
+// does better).
+func BenchmarkDelegation(b *testing.B) {
+	e := NewEngine(mustLoad(b, rcptRules), rcptEvidence())
+	ws := startWireServer(b, NewDelegationCodec(e, nil), nil)
+	c := dialWire(b, "tcp", ws.addr)
+	block := postfixRCPT("doctor@clinic.test", "a@good.test")
+	var before, after syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	b.ResetTimer()
+	for b.Loop() {
+		c.send(block)
+		if c.readLine() != "action=DUNNO\n" || c.readLine() != "\n" {
+			b.Fatal("unexpected reply")
+		}
+	}
+	b.StopTimer()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
+	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano())
+	b.ReportMetric(float64(b.N)/cpu.Seconds(), "req/CPU-s")
 }
