@@ -136,6 +136,6 @@ func BenchmarkDelegation(b *testing.B) {
 	}
 	b.StopTimer()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano())
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(b.N)/cpu.Seconds(), "req/CPU-s")
 }
