@@ -129,7 +129,7 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 1
 	}
-	cache := policyd.NewProbeCache(p.Settings, prober, policyd.ProbeDeps{})
+	cache := policyd.NewProbeCache(p.Settings, prober, policyd.ProbeDeps{}, nil)
 	defer cache.Close()
 	e := policyd.NewEngine(p, cache)
 	// Unlike the daemon, which answers the floor after probe.wait and lets

@@ -2,6 +2,7 @@ package policyd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -22,6 +24,8 @@ import (
 type Daemon struct {
 	Engine  *Engine
 	cache   *tlsprobe.Cache
+	store   state.Store
+	pins    *pinBook
 	metrics *Metrics
 	log     *slog.Logger
 	gather  prometheus.Gatherer
@@ -54,16 +58,52 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	cache := NewProbeCache(p.Settings, prober, deps)
+	now := deps.Now
+	if now == nil {
+		now = time.Now
+	}
+	// The store is opened once, and a damaged or locked one stops the
+	// daemon: starting without its pins would silently weaken answers.
+	store, err := state.OpenBolt(p.Settings.StatePath, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	pins, probes, err := store.Load()
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
+	book.load(pins)
+	minTLS := p.minTLS()
+	cache := NewProbeCache(p.Settings, prober, deps, func(key string, r tlsprobe.Result) {
+		book.learn(key, r, minTLS)
+		if b, err := json.Marshal(r); err == nil {
+			if err := store.PutProbes(state.Probe{Key: key, Result: b}); err != nil {
+				book.metrics.storeErrors.Inc()
+				opts.Logger.Error("cannot write a probe result to the state store", "destination", key, "err", err)
+			}
+		}
+	})
+	if err := restoreProbes(probes, cache.Restore); err != nil {
+		cache.Close()
+		store.Close()
+		return nil, err
+	}
+	e := NewEngine(p, cache)
+	e.pins = book
 	d := &Daemon{
-		Engine:  NewEngine(p, cache),
+		Engine:  e,
 		cache:   cache,
+		store:   store,
+		pins:    book,
 		metrics: NewMetrics(opts.Registerer),
 		log:     opts.Logger,
 		gather:  opts.Gatherer,
 		now:     time.Now,
 	}
 	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
+	opts.Logger.Info("state loaded", "path", p.Settings.StatePath, "pins", len(pins), "probe_results", len(probes))
 	return d, nil
 }
 
@@ -217,6 +257,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.wg.Wait()
 	d.cache.Close()
+	if err := d.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("state store: %w", err))
+	}
 	return errors.Join(errs...)
 }
 

@@ -62,6 +62,7 @@ func (offlineResolver) LookupAddrs(ctx context.Context, host string) ([]netip.Ad
 
 func newTestDaemon(t *testing.T, p *Policy) *Daemon {
 	t.Helper()
+	p.Settings.StatePath = filepath.Join(t.TempDir(), "state.db")
 	reg := prometheus.NewRegistry()
 	d, err := NewDaemon(p, Options{
 		Registerer: reg, Gatherer: reg,
@@ -182,6 +183,7 @@ func TestDaemonNoListener(t *testing.T) {
 	t.Parallel()
 	p := mustLoad(t, "defaults: {level: may}\n")
 	d := newTestDaemon(t, p)
+	defer d.Shutdown(context.Background())
 	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "no listener") {
 		t.Errorf("Start with no listener = %v", err)
 	}
@@ -196,6 +198,7 @@ func TestDaemonListenConflict(t *testing.T) {
 	defer busy.Close()
 	p := mustLoad(t, "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: "+busy.Addr().String()+"\n")
 	d := newTestDaemon(t, p)
+	defer d.Shutdown(context.Background())
 	if err := d.Start(); err == nil || !strings.Contains(err.Error(), "listen.tcptable") {
 		t.Errorf("Start with a busy port = %v, want an error naming listen.tcptable", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -31,6 +32,7 @@ func ClassTransport(class string) string { return "smtp-" + class }
 type Engine struct {
 	policy   atomic.Pointer[Policy]
 	evidence Evidence // nil: rules only
+	pins     *pinBook // nil: no pins
 }
 
 // Evidence is what the engine needs from probing: the tlsprobe.Cache.
@@ -69,6 +71,7 @@ type Decision struct {
 	Probe  tlsprobe.Result
 	Probed bool
 	Waited bool
+	Pin    *state.Pin // the destination's valid pin, if consulted
 }
 
 // Found reports whether the destination has an answer (a .parent key that
@@ -119,8 +122,19 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		return d
 	}
 	limit := d.Rule.Upgrade.Cap()
-	if _, ok := d.Key.Target(); !ok || d.Level >= limit {
+	t, ok := d.Key.Target()
+	if !ok || d.Level >= limit {
 		return d // nothing evidence could add
+	}
+	// A pin answers at once, without waiting for a probe.
+	if pin, ok := e.pinFor(t); ok {
+		d.Pin = pin
+		if l := min(pinLevel(pin), limit); l > d.Level {
+			d.Level, d.Answer = l, p.answers[l]
+		}
+		if d.Level >= limit {
+			return d
+		}
 	}
 	d.Probe, d.Probed = e.evidenceFor(ctx, d.Key, wait)
 	if !d.Probed {
@@ -131,6 +145,14 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		d.Level, d.Answer = l, p.answers[l]
 	}
 	return d
+}
+
+// pinFor returns the valid pin of a target.
+func (e *Engine) pinFor(t tlsprobe.Target) (*state.Pin, bool) {
+	if e.pins == nil {
+		return nil, false
+	}
+	return e.pins.get(t.Key())
 }
 
 // evidenceFor returns the probe result for a key: from the cache, or by
@@ -273,12 +295,19 @@ func (p *Policy) Explain(d Decision) string {
 		s += fmt.Sprintf("; already at or above what evidence may give (upgrade %s)", d.Rule.Upgrade)
 	case d.Waited:
 		s += "; no probe result within probe.wait: the floor is answered meanwhile"
+	case d.Pin != nil && d.Level > d.Floor && (!d.Probed || capabilityLevel(d.Probe.Capability) < d.Level):
+		s += fmt.Sprintf("; raised to %s by a pin (first seen %s, confirmed %s, expires %s)", d.Level,
+			d.Pin.FirstSeen.UTC().Format(time.RFC3339), d.Pin.LastSeen.UTC().Format(time.RFC3339), d.Pin.Expires.UTC().Format(time.RFC3339))
 	case d.Probed && d.Level > d.Floor:
 		s += fmt.Sprintf("; raised to %s by probe (upgrade %s)", d.Level, d.Rule.Upgrade)
 	case d.Probed && d.Probe.Failed():
 		s += "; the probe failed, so the floor holds: " + d.Probe.Reason(p.minTLS())
 	case d.Probed:
 		s += "; probe evidence does not allow more: " + d.Probe.Reason(p.minTLS())
+	}
+	if d.Pin != nil && !d.Pin.LastDowngrade.IsZero() {
+		s += fmt.Sprintf("; POSSIBLE DOWNGRADE ATTACK: a probe at %s saw less than the pinned %s (%s)",
+			d.Pin.LastDowngrade.UTC().Format(time.RFC3339), d.Pin.Level, d.Pin.DowngradeReason)
 	}
 	return s
 }

@@ -54,13 +54,15 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 	}, nil
 }
 
-// NewProbeCache wraps a prober in the cache the settings describe.
-func NewProbeCache(s Settings, p *tlsprobe.Prober, deps ProbeDeps) *tlsprobe.Cache {
+// NewProbeCache wraps a prober in the cache the settings describe;
+// onResult (may be nil) sees every result the cache stores.
+func NewProbeCache(s Settings, p *tlsprobe.Prober, deps ProbeDeps, onResult func(string, tlsprobe.Result)) *tlsprobe.Cache {
 	return tlsprobe.NewCache(p.Probe, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
 		Now:         deps.Now,
 		Metrics:     deps.Metrics,
+		OnResult:    onResult,
 	})
 }
 

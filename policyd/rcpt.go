@@ -114,8 +114,25 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) V
 	if len(reqs) == 0 {
 		return v
 	}
-	res, ok := e.evidenceFor(ctx, k, wait)
+	// A valid pin vouches for what the destination has shown before: at
+	// delivery the class map enforces it, so a stripping attacker makes
+	// the mail defer, not go out in plaintext.
+	pinned := LevelUnset
+	if t, ok := k.Target(); ok {
+		if pin, ok := e.pinFor(t); ok {
+			pinned = pinLevel(pin)
+		}
+	}
+	var res tlsprobe.Result
+	looked, ok := false, false
 	for _, req := range reqs {
+		if pinned >= capabilityLevel(neededCapability(req.need)) {
+			continue
+		}
+		if !looked {
+			res, ok = e.evidenceFor(ctx, k, wait)
+			looked = true
+		}
 		if out := judge(req, res, ok, p.minTLS()); out.Action != ActionDunno {
 			out.Class, out.Rule = v.Class, v.Rule
 			return out

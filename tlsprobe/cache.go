@@ -28,6 +28,10 @@ type CacheConfig struct {
 	MaxPending    int           // probes running or waiting to run (0: DefaultMaxPending)
 	Now           func() time.Time
 	Metrics       *Metrics
+	// OnResult, if set, is called with every probe result the cache
+	// stores, in the probe's goroutine (never on a lookup's path): the
+	// daemon learns pins from it and persists the result.
+	OnResult func(key string, r Result)
 }
 
 // Cache keeps probe results and runs the probes for misses. Lookups of a
@@ -205,6 +209,9 @@ func (c *Cache) run(t Target, key string, f *flight) {
 		f.res = c.probe(c.ctx, t)
 		<-c.sem
 		c.store(key, f.res)
+		if c.cfg.OnResult != nil {
+			c.cfg.OnResult(key, f.res)
+		}
 	case <-c.ctx.Done():
 		f.res = Result{Target: t, Cause: CauseTimeout, Detail: "daemon shutting down"}
 	}
@@ -233,6 +240,28 @@ func (c *Cache) store(key string, r Result) {
 	} else {
 		s.pos.Add(key, &entry{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)})
 		s.neg.Remove(key)
+	}
+	c.cfg.Metrics.setEntries(c.Len())
+}
+
+// Restore puts a stored result back in the cache at start, as fresh as
+// its age allows: a restart neither forgets results nor probes every
+// destination again. Results already past their TTL are dropped.
+func (c *Cache) Restore(key string, r Result) {
+	now := c.cfg.Now()
+	ttl := c.cfg.TTL
+	if r.Failed() {
+		ttl = c.cfg.NegativeTTL
+	}
+	expires := r.ProbedAt.Add(ttl)
+	if !now.Before(expires) {
+		return
+	}
+	s := c.shard(key)
+	if r.Failed() {
+		s.neg.Add(key, &entry{res: r, expires: expires, refreshAt: expires})
+	} else {
+		s.pos.Add(key, &entry{res: r, expires: expires, refreshAt: r.ProbedAt.Add(ttl * 3 / 4)})
 	}
 	c.cfg.Metrics.setEntries(c.Len())
 }

@@ -124,10 +124,18 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 			return Result{Cause: CauseNXDomain, Detail: t.Name + " does not exist (NXDOMAIN)"}
 		case err != nil:
 			return Result{Cause: CauseDNS, Detail: "MX lookup: " + err.Error()}
-		case len(found) > 0 && found[0].Host == ".":
-			return Result{Cause: CauseNullMX, Detail: t.Name + " publishes a null MX: it accepts no mail"}
 		case len(found) > 0:
-			mxs = found
+			// RFC 7505: a null MX ("." ) says the domain takes no mail; it
+			// must stand alone, so "." beside real hosts is just skipped.
+			mxs = mxs[:0]
+			for _, mx := range found {
+				if mx.Host != "." {
+					mxs = append(mxs, mx)
+				}
+			}
+			if len(mxs) == 0 {
+				return Result{Cause: CauseNullMX, Detail: t.Name + " publishes a null MX: it accepts no mail"}
+			}
 		} // no MX: the implicit MX is the domain itself
 	}
 	if len(mxs) > orDefault(p.MaxHosts, DefaultMaxHosts) {
@@ -157,6 +165,9 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 // addresses, one IPv4 and one IPv6 first.
 func (p *Prober) probeHost(ctx context.Context, mx MX, port int) []HostResult {
 	addrs, err := p.hostAddrs(ctx, mx.Host)
+	if errors.Is(err, ErrNXDomain) {
+		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " does not exist"}}
+	}
 	if err != nil {
 		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseDNS, Detail: err.Error()}}
 	}

@@ -56,7 +56,12 @@ func (e *DNSError) Error() string {
 	return s
 }
 
-func (e *DNSError) Unwrap() []error { return []error{e.Kind, e.Err} }
+func (e *DNSError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Kind} // an Unwrap []error must not hold nil
+	}
+	return []error{e.Kind, e.Err}
+}
 
 // maxCNAMEs bounds CNAME chains, which a hostile zone could make circular.
 const maxCNAMEs = 8
@@ -136,6 +141,8 @@ func (c *DNSClient) exchange(ctx context.Context, m *dns.Msg, srv, network strin
 // the answer stops at a CNAME, with a new query for its target.
 func (c *DNSClient) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
 	target := dns.Fqdn(strings.ToLower(name))
+	tooLong := &DNSError{Name: name, Qtype: dns.TypeToString[qtype], Kind: ErrDNSOther, Err: errors.New("CNAME chain too long")}
+	links := 0 // CNAMEs followed, in answers and across queries: an answer may loop
 	for hop := 0; hop <= maxCNAMEs; hop++ {
 		r, err := c.query(ctx, target, qtype)
 		if err != nil {
@@ -150,6 +157,9 @@ func (c *DNSClient) lookup(ctx context.Context, name string, qtype uint16) ([]dn
 					continue
 				}
 				if cn, ok := rr.(*dns.CNAME); ok && qtype != dns.TypeCNAME {
+					if links++; links > maxCNAMEs {
+						return nil, tooLong
+					}
 					target, cname, changed = strings.ToLower(cn.Target), cn.Target, true
 					break
 				}
@@ -162,7 +172,7 @@ func (c *DNSClient) lookup(ctx context.Context, name string, qtype uint16) ([]dn
 			return out, nil
 		}
 	}
-	return nil, &DNSError{Name: name, Qtype: dns.TypeToString[qtype], Kind: ErrDNSOther, Err: errors.New("CNAME chain too long")}
+	return nil, tooLong
 }
 
 // LookupMX implements Resolver.

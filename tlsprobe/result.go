@@ -70,11 +70,12 @@ func Causes() []Cause {
 // Answered reports whether a host with this cause took part in the SMTP
 // conversation. Hosts that did not answer (unreachable, refused, tarpitted
 // before EHLO) do not count in a domain's summary: a sender would move on
-// to the next MX too. Hosts that did answer all count, so a domain is only
-// as capable as its weakest answering MX.
+// to the next MX too, as it does from a host that breaks the SMTP dialogue
+// before STARTTLS. Hosts that did answer all count, so a domain is only as
+// capable as its weakest answering MX.
 func (c Cause) Answered() bool {
 	switch c {
-	case CauseTimeout, CauseRefused, CausePrivateAddress, CauseDNS, CauseNoAddress:
+	case CauseTimeout, CauseRefused, CausePrivateAddress, CauseDNS, CauseNoAddress, CauseSMTP:
 		return false
 	}
 	return true
@@ -213,7 +214,7 @@ func (r Result) Reason(minVersion uint16) string {
 	case CauseOldTLS:
 		return fmt.Sprintf("%s below %s at %s", h.Version(), VersionName(minVersion), h.Host)
 	case CauseExpired:
-		return fmt.Sprintf("certificate of %s expired %s", h.Host, h.NotAfter.UTC().Format(time.DateOnly))
+		return fmt.Sprintf("certificate of %s outside its validity period (not after %s)", h.Host, h.NotAfter.UTC().Format(time.DateOnly))
 	case CauseUnknownAuthority:
 		if h.SelfSigned {
 			return "self-signed certificate at " + h.Host
@@ -234,3 +235,25 @@ func (c Cause) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
 
 // MarshalText writes the capability's name in JSON output.
 func (c Capability) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText reads a cause's name, for stored results.
+func (c *Cause) UnmarshalText(b []byte) error {
+	for i, n := range causeNames {
+		if n == string(b) {
+			*c = Cause(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown probe cause %q", b)
+}
+
+// UnmarshalText reads a capability's name, for stored results.
+func (c *Capability) UnmarshalText(b []byte) error {
+	for i, n := range []string{"unknown", "none", "encrypt", "verify"} {
+		if n == string(b) {
+			*c = Capability(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown capability %q", b)
+}

@@ -2,6 +2,7 @@ package tlsprobe
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -192,7 +193,7 @@ func (p *Prober) converse(ctx context.Context, h *HostResult, addr netip.AddrPor
 		// Bytes after "220" before the handshake: a command-injection
 		// attempt or a broken server (CVE-2011-0411 class). Do not go on.
 		h.Capability = CapNone
-		return fail(CauseSMTP, "unexpected data after STARTTLS reply")
+		return fail(CauseHandshake, "unexpected data after the STARTTLS reply, before the handshake")
 	}
 
 	tc := tls.Client(conn, p.tlsConfig(h.Host))
@@ -260,7 +261,10 @@ func (p *Prober) checkCertificate(h *HostResult, certs []*x509.Certificate) erro
 	}
 	leaf := certs[0]
 	h.NotAfter, h.Issuer = leaf.NotAfter, leaf.Issuer.String()
-	h.SelfSigned = leaf.CheckSignatureFrom(leaf) == nil
+	// Not CheckSignatureFrom(leaf): it refuses a parent that is not a CA,
+	// and many self-signed server certificates are not CAs.
+	h.SelfSigned = bytes.Equal(leaf.RawIssuer, leaf.RawSubject) &&
+		leaf.CheckSignature(leaf.SignatureAlgorithm, leaf.RawTBSCertificate, leaf.Signature) == nil
 	inter := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		inter.AddCert(c)

@@ -1,0 +1,214 @@
+package policyd
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tlspolicyd/tlspolicyd/state"
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+)
+
+// pinBook is the daemon's memory of what destinations have proved: once a
+// probe shows a destination can do encrypt (or verify), it must keep doing
+// so until the pin expires, pin_ttl after the last probe that confirmed
+// it. An attacker who strips STARTTLS from a later probe, or from
+// Postfix's own connection, then meets a policy that requires TLS: the
+// mail defers instead of going out in plaintext.
+//
+// Reads (every lookup) go to a sync.Map without locks; writes (after
+// probes, admin commands) go to memory first and then to the store, in the
+// probe's goroutine.
+type pinBook struct {
+	pins    sync.Map // target key -> *state.Pin
+	mu      sync.Mutex
+	store   state.Store // nil: pins live in memory only
+	ttl     time.Duration
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *pinMetrics
+}
+
+func newPinBook(store state.Store, ttl time.Duration, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *pinBook {
+	b := &pinBook{store: store, ttl: ttl, now: now, log: log}
+	b.metrics = newPinMetrics(reg, b)
+	return b
+}
+
+// get returns the valid pin of a target key.
+func (b *pinBook) get(key string) (*state.Pin, bool) {
+	v, ok := b.pins.Load(key)
+	if !ok {
+		return nil, false
+	}
+	p := v.(*state.Pin)
+	return p, p.Valid(b.now())
+}
+
+// pinLevel is the level a pin stands for.
+func pinLevel(p *state.Pin) Level {
+	l, _ := ParseLevel(p.Level)
+	return l
+}
+
+// learn updates the pins from a probe result: a result at or above the
+// pinned level confirms (and may raise) the pin; a result below it is a
+// possible downgrade attack, logged and counted, and the pin stands. A
+// failed probe (no evidence) changes nothing.
+func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
+	if r.Failed() {
+		return
+	}
+	shown := capabilityLevel(r.Capability)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	old, had := b.get(key)
+	switch {
+	case had && shown < pinLevel(old):
+		p := *old
+		p.LastDowngrade, p.DowngradeReason = now, r.Reason(minTLS)
+		b.pins.Store(key, &p)
+		b.metrics.downgrades.WithLabelValues(p.Level).Inc()
+		b.log.Warn("possible downgrade attack: a probe saw less than the pinned level; the pin stands",
+			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
+			"pin_expires", p.Expires)
+		b.persist(p)
+	case shown >= LevelEncrypt:
+		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
+		if had {
+			p.FirstSeen, p.LastDowngrade, p.DowngradeReason = old.FirstSeen, old.LastDowngrade, old.DowngradeReason
+			if pinLevel(old) > shown {
+				p.Level = old.Level
+			}
+		}
+		b.pins.Store(key, &p)
+		b.persist(p)
+	}
+}
+
+func (b *pinBook) persist(p state.Pin) {
+	if b.store == nil {
+		return
+	}
+	if err := b.store.PutPins(p); err != nil {
+		b.metrics.storeErrors.Inc()
+		b.log.Error("cannot write a pin to the state store; it holds in memory until restart", "destination", p.Key, "err", err)
+	}
+}
+
+// add pins a destination by hand (pre-seeding a known partner).
+func (b *pinBook) add(key string, level Level) (state.Pin, error) {
+	if level != LevelEncrypt && level != LevelVerify {
+		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", level)
+	}
+	now := b.now()
+	p := state.Pin{Key: key, Level: level.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "admin"}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.store != nil {
+		if err := b.store.PutPins(p); err != nil {
+			return state.Pin{}, err
+		}
+	}
+	b.pins.Store(key, &p)
+	return p, nil
+}
+
+// remove drops a pin: the way out when a partner truly drops TLS.
+func (b *pinBook) remove(key string) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, had := b.pins.LoadAndDelete(key)
+	if b.store != nil {
+		found, err := b.store.DeletePin(key)
+		return had || found, err
+	}
+	return had, nil
+}
+
+// list returns every pin, valid or expired, sorted by key.
+func (b *pinBook) list() []state.Pin {
+	var out []state.Pin
+	b.pins.Range(func(_, v any) bool {
+		out = append(out, *v.(*state.Pin))
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// load fills memory from the store's pins.
+func (b *pinBook) load(pins []state.Pin) {
+	for i := range pins {
+		b.pins.Store(pins[i].Key, &pins[i])
+	}
+}
+
+// pinMetrics are the pin book's collectors.
+type pinMetrics struct {
+	downgrades  *prometheus.CounterVec
+	storeErrors prometheus.Counter
+}
+
+func newPinMetrics(reg prometheus.Registerer, b *pinBook) *pinMetrics {
+	m := &pinMetrics{
+		downgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tlspolicyd_downgrades_total",
+			Help: "Probes that saw less than a destination's pinned level (possible STARTTLS stripping), by pinned level.",
+		}, []string{"level"}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tlspolicyd_state_store_errors_total",
+			Help: "Failed writes to the state store.",
+		}),
+	}
+	pinsDesc := prometheus.NewDesc("tlspolicyd_pins", "Valid pins, by level.", []string{"level"}, nil)
+	reg.MustRegister(m.downgrades, m.storeErrors, collectorFunc{pinsDesc, func(ch chan<- prometheus.Metric) {
+		counts := map[string]int{"encrypt": 0, "verify": 0}
+		now := b.now()
+		b.pins.Range(func(_, v any) bool {
+			if p := v.(*state.Pin); p.Valid(now) {
+				counts[p.Level]++
+			}
+			return true
+		})
+		for level, n := range counts {
+			ch <- prometheus.MustNewConstMetric(pinsDesc, prometheus.GaugeValue, float64(n), level)
+		}
+	}})
+	m.downgrades.WithLabelValues("encrypt")
+	m.downgrades.WithLabelValues("verify")
+	if b.store != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tlspolicyd_state_store_size_bytes",
+			Help: "Size of the state store file.",
+		}, func() float64 { return float64(b.store.Size()) }))
+	}
+	return m
+}
+
+// collectorFunc is a collector of one metric family computed at scrape.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+// restoreProbes decodes stored probe results for the cache.
+func restoreProbes(probes []state.Probe, restore func(string, tlsprobe.Result)) error {
+	for _, sp := range probes {
+		var r tlsprobe.Result
+		if err := json.Unmarshal(sp.Result, &r); err != nil {
+			return fmt.Errorf("%w: probe result of %s: %v", state.ErrCorrupt, sp.Key, err)
+		}
+		restore(sp.Key, r)
+	}
+	return nil
+}
