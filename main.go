@@ -9,6 +9,7 @@
 //	tlspolicyd check   [-config FILE]
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
+//	tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
 //	tlspolicyd version
 package main
 
@@ -56,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return query(args, stdout, stderr)
 	case "probe":
 		return probe(args, stdout, stderr)
+	case "pins":
+		return pins(args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "tlspolicyd %s (%s)\n", version(), runtime.Version())
 		return 0
@@ -76,6 +79,8 @@ func usage(w io.Writer) {
                                             decide once, probing live if needed, and say why
   tlspolicyd probe   [-config FILE] [-json] DOMAIN
                                             probe now and print what was found per MX host
+  tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+                                            show or change pins (directly, or through a running daemon)
   tlspolicyd version
 `)
 }
@@ -132,6 +137,18 @@ func query(args []string, stdout, stderr io.Writer) int {
 	cache := policyd.NewProbeCache(p.Settings, prober, policyd.ProbeDeps{}, nil)
 	defer cache.Close()
 	e := policyd.NewEngine(p, cache)
+	// The daemon's pins count too: read them from the store, or from the
+	// daemon if it holds the store.
+	if admin, err := openPinAdmin(p.Settings); err == nil {
+		if list, err := admin.list(); err == nil {
+			e.UsePins(list, p.Settings.PinTTL)
+		} else {
+			fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
+		}
+		admin.close()
+	} else {
+		fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
+	}
 	// Unlike the daemon, which answers the floor after probe.wait and lets
 	// the probe finish for the next lookup, query waits for the whole probe
 	// so that it can show the evidence.

@@ -102,13 +102,42 @@ func (b *pinBook) persist(p state.Pin) {
 	}
 }
 
-// add pins a destination by hand (pre-seeding a known partner).
-func (b *pinBook) add(key string, level Level) (state.Pin, error) {
-	if level != LevelEncrypt && level != LevelVerify {
-		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", level)
+// PinKey is the key under which a destination's pin is kept: the probe
+// target of the destination as Postfix names it.
+func PinKey(destination string) (string, error) {
+	k, err := ParseKey(destination)
+	if err != nil {
+		return "", err
 	}
-	now := b.now()
-	p := state.Pin{Key: key, Level: level.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "admin"}
+	t, ok := k.Target()
+	if !ok {
+		return "", fmt.Errorf("%s names no single destination", destination)
+	}
+	return t.Key(), nil
+}
+
+// AdminPin makes the pin an administrator adds for a destination.
+func AdminPin(destination, level string, ttl time.Duration, now time.Time) (state.Pin, error) {
+	key, err := PinKey(destination)
+	if err != nil {
+		return state.Pin{}, err
+	}
+	l, err := ParseLevel(level)
+	if err != nil {
+		return state.Pin{}, err
+	}
+	if l != LevelEncrypt && l != LevelVerify {
+		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", l)
+	}
+	return state.Pin{Key: key, Level: l.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(ttl), Source: "admin"}, nil
+}
+
+// add pins a destination by hand (pre-seeding a known partner).
+func (b *pinBook) add(destination, level string) (state.Pin, error) {
+	p, err := AdminPin(destination, level, b.ttl, b.now())
+	if err != nil {
+		return state.Pin{}, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.store != nil {
@@ -116,12 +145,16 @@ func (b *pinBook) add(key string, level Level) (state.Pin, error) {
 			return state.Pin{}, err
 		}
 	}
-	b.pins.Store(key, &p)
+	b.pins.Store(p.Key, &p)
 	return p, nil
 }
 
 // remove drops a pin: the way out when a partner truly drops TLS.
-func (b *pinBook) remove(key string) (bool, error) {
+func (b *pinBook) remove(destination string) (bool, error) {
+	key, err := PinKey(destination)
+	if err != nil {
+		return false, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	_, had := b.pins.LoadAndDelete(key)
@@ -141,6 +174,14 @@ func (b *pinBook) list() []state.Pin {
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out
+}
+
+// UsePins gives an engine pins to answer with, kept in memory only: for
+// `tlspolicyd query`, which reads the daemon's pins but must not write.
+func (e *Engine) UsePins(pins []state.Pin, ttl time.Duration) {
+	b := newPinBook(nil, ttl, time.Now, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	b.load(pins)
+	e.pins = b
 }
 
 // load fills memory from the store's pins.
