@@ -39,6 +39,8 @@ const (
 	phTCPTable  = "@TCPTABLE@"  // 127.0.0.1:PORT
 	phHTTP      = "@HTTP@"      // 127.0.0.1:PORT
 	phDNS       = "@DNS@"       // 127.0.0.1:PORT where nothing listens
+	phPolicy    = "@POLICY@"    // 127.0.0.1:PORT, the policy delegation listener
+	phExim      = "@EXIM@"      // 127.0.0.1:PORT, the Exim ${readsocket} listener
 	phDir       = "@DIR@"       // the daemon's temporary directory
 )
 
@@ -98,7 +100,7 @@ func startDaemon(t *testing.T, configYAML string) *daemon {
 }
 
 func tryStart(t *testing.T, dir, configYAML string) (*daemon, error) {
-	ports := freePorts(t, 4)
+	ports := freePorts(t, 6)
 	d := &daemon{
 		dir:        dir,
 		configPath: filepath.Join(dir, "rules.yaml"),
@@ -108,6 +110,8 @@ func tryStart(t *testing.T, dir, configYAML string) (*daemon, error) {
 			phTCPTable, ports[1],
 			phHTTP, ports[2],
 			phDNS, ports[3],
+			phPolicy, ports[4],
+			phExim, ports[5],
 			phDir, dir,
 		),
 		done: make(chan struct{}),
