@@ -73,6 +73,10 @@ func (v Verdict) text() string {
 	}, t)
 }
 
+// checkingMessage opens the replies that defer because the recipient
+// domain's TLS support is not known yet or could not be checked.
+const checkingMessage = "checking the TLS support of the recipient domain"
+
 // defaultRuleMessage is the message of destination rules, which have none
 // of their own.
 const defaultRuleMessage = "recipient domain cannot receive mail with the TLS protection it requires"
@@ -143,20 +147,23 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) V
 
 // judge checks one requirement against the evidence.
 func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) Verdict {
-	v := Verdict{Need: req.need, Message: req.message}
+	// Not knowing is not failing: those defers say so, without the
+	// configured message (which tells the sender the domain cannot).
+	v := Verdict{Need: req.need, Message: checkingMessage}
 	switch {
 	case !known:
-		v.Action, v.Reason = ActionDefer, "TLS support of the recipient domain is not known yet; try again later"
+		v.Action, v.Reason = ActionDefer, "not known yet; try again later"
 		return v
 	case res.Cause == tlsprobe.CauseNXDomain || res.Cause == tlsprobe.CauseNullMX:
 		return Verdict{} // the domain takes no mail; delivery will fail on its own
 	case res.Failed():
-		v.Action, v.Reason = ActionDefer, "cannot check TLS support now: "+res.Reason(minTLS)
+		v.Action, v.Reason = ActionDefer, "cannot check now: "+res.Reason(minTLS)
 		return v
-	case res.Capability >= neededCapability(req.need):
+	}
+	if res.Capability >= neededCapability(req.need) {
 		return Verdict{}
 	}
-	v.Reason = res.Reason(minTLS)
+	v.Message, v.Reason = req.message, res.Reason(minTLS)
 	switch req.onFail {
 	case OnFailDefer:
 		v.Action = ActionDefer

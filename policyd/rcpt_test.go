@@ -72,8 +72,8 @@ func TestCheckRecipient(t *testing.T) {
 		{"Doctor@Lab.Clinic.TEST", "a@PLAIN.test", "REJECT 5.7.10 use the secure portal (no STARTTLS at mx.plain.test)"},
 		{"doctor@clinic.test", "a@old.test", "REJECT 5.7.10 use the secure portal (TLSv1 below TLSv1.2 at mx.old.test)"},
 		{"doctor@clinic.test", "a@selfsign.test", "REJECT 5.7.10 use the secure portal (untrusted certificate issuer at mx.selfsign.test)"},
-		{"doctor@clinic.test", "a@tarpit.test", "DEFER_IF_PERMIT 4.7.10 use the secure portal (TLS support of the recipient domain is not known yet; try again later)"},
-		{"doctor@clinic.test", "a@dnsfail.test", "DEFER_IF_PERMIT 4.7.10 use the secure portal (cannot check TLS support now: MX lookup: server failure)"},
+		{"doctor@clinic.test", "a@tarpit.test", "DEFER_IF_PERMIT 4.7.10 checking the TLS support of the recipient domain (not known yet; try again later)"},
+		{"doctor@clinic.test", "a@dnsfail.test", "DEFER_IF_PERMIT 4.7.10 checking the TLS support of the recipient domain (cannot check now: MX lookup: server failure)"},
 		{"doctor@clinic.test", "a@nomail.test", "DUNNO"}, // takes no mail at all: not ours to refuse
 		{"x@portal-users.test", "a@plain.test", "FILTER portal:[portal.test]"},
 		{"x@portal-users.test", "a@good.test", "DUNNO"},

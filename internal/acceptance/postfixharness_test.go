@@ -54,6 +54,20 @@ type postfixOptions struct {
 	SMTPPort int
 	// Hosts maps names to addresses in the instance's /etc/hosts.
 	Hosts map[string]string
+
+	// SMTPD, if set, keeps an smtpd(8) listener, on a free 127.0.0.1 port
+	// (postfixInstance.smtpd), so that tests can talk SMTP to the
+	// instance (swaks); otherwise no port is bound.
+	SMTPD bool
+	// MainCF holds further main.cf settings in main.cf syntax (comments
+	// and continuation lines allowed), such as the lines of
+	// contrib/postfix/main.cf. They are applied with postconf -e after the
+	// instance's own settings and replace them where they name the same
+	// parameter.
+	MainCF string
+	// MasterCF is appended to master.cf, such as the class transports of
+	// contrib/postfix/master.cf. Chroot is turned off for it too.
+	MasterCF string
 }
 
 // postfixInstance is one running Postfix.
@@ -62,6 +76,7 @@ type postfixInstance struct {
 	conf     string // config_directory
 	maillog  string
 	hostname string // myhostname, which the smtp client says in EHLO
+	smtpd    string // 127.0.0.1:PORT of the smtpd listener, if opts.SMTPD
 }
 
 // postfixMainCF is the instance's main.cf. The queue settings retry
@@ -135,11 +150,19 @@ func startPostfix(t *testing.T, opts postfixOptions) *postfixInstance {
 	if err != nil {
 		t.Fatalf("the stock master.cf: %v", err)
 	}
-	writeShared(t, pf.conf, "master.cf", string(master))
+	writeShared(t, pf.conf, "master.cf", string(master)+"\n"+opts.MasterCF)
+	if settings := mainCFSettings(opts.MainCF); len(settings) > 0 {
+		pf.postconf(t, append([]string{"-e"}, settings...)...)
+	}
 	// No chroot (the instance's files are not in a chroot jail), and no
-	// smtpd on port 25: mail comes in through sendmail.
+	// smtpd on port 25: mail comes in through sendmail, or through an
+	// smtpd on a port of its own.
 	pf.postconf(t, "-F", "*/*/chroot = n")
 	pf.postconf(t, "-MX", "smtp/inet")
+	if opts.SMTPD {
+		pf.smtpd = freePorts(t, 1)[0]
+		pf.postconf(t, "-M", pf.smtpd+"/inet = "+pf.smtpd+" inet n - n - - smtpd")
+	}
 
 	var hosts strings.Builder
 	fmt.Fprintf(&hosts, "127.0.0.1\tlocalhost %s\n", pf.hostname)
@@ -170,6 +193,26 @@ func startPostfix(t *testing.T, opts postfixOptions) *postfixInstance {
 		}
 	})
 	return pf
+}
+
+// mainCFSettings turns main.cf text into "name = value" arguments for
+// postconf -e: comments and empty lines are dropped, and continuation lines
+// (starting with white space) are joined to their parameter.
+func mainCFSettings(text string) []string {
+	var settings []string
+	for _, line := range strings.Split(text, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "" || strings.HasPrefix(trimmed, "#"):
+		case line[0] == ' ' || line[0] == '\t':
+			if n := len(settings); n > 0 {
+				settings[n-1] += " " + trimmed
+			}
+		default:
+			settings = append(settings, trimmed)
+		}
+	}
+	return settings
 }
 
 // postconf runs postconf -c on the instance's configuration with args.
