@@ -220,7 +220,7 @@ func (p *Policy) decide(raw string, class *Class) Decision {
 	}
 	d.Floor = d.Rule.Level
 	if class != nil {
-		d.Floor = Max(d.Floor, class.Level)
+		d.Floor = Stronger(d.Floor, class.Level)
 	}
 	d.Level, d.Answer = d.Floor, p.answers[d.Floor]
 	return d

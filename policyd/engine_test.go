@@ -187,6 +187,19 @@ func TestLevelOrderAndParse(t *testing.T) {
 	if Max(LevelMay, LevelVerify) != LevelVerify || Max(LevelSecure, LevelEncrypt) != LevelSecure {
 		t.Error("Max is wrong")
 	}
+	// Opportunistic dane can fall back to may: against a level that
+	// forbids plaintext, that level wins.
+	for _, tt := range []struct{ a, b, want Level }{
+		{LevelDane, LevelVerify, LevelVerify},
+		{LevelEncrypt, LevelDane, LevelEncrypt},
+		{LevelDane, LevelMay, LevelDane},
+		{LevelDaneOnly, LevelVerify, LevelDaneOnly},
+		{LevelSecure, LevelVerify, LevelSecure},
+	} {
+		if got := Stronger(tt.a, tt.b); got != tt.want {
+			t.Errorf("Stronger(%s, %s) = %s, want %s", tt.a, tt.b, got, tt.want)
+		}
+	}
 	if LevelDane.Encrypted() || !LevelDaneOnly.Encrypted() || LevelMay.Encrypted() || !LevelEncrypt.Encrypted() {
 		t.Error("Encrypted: dane is opportunistic, dane-only is not")
 	}

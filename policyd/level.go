@@ -63,7 +63,23 @@ func (l Level) Encrypted() bool {
 	return l >= LevelEncrypt && l != LevelDane
 }
 
-// Max returns the stronger of two levels.
+// Stronger returns the level that protects at least as well as both. It
+// is Max, except for Postfix's opportunistic "dane": without usable TLSA
+// records it falls back to "may", so against a level that forbids
+// plaintext it is the weaker one. (SPEC.md orders dane above secure; that
+// order holds for floors, but combining verify with dane by it alone would
+// let mail go out in plaintext.)
+func Stronger(a, b Level) Level {
+	switch {
+	case a == LevelDane && b.Encrypted():
+		return b
+	case b == LevelDane && a.Encrypted():
+		return a
+	}
+	return Max(a, b)
+}
+
+// Max returns the higher of two levels in SPEC.md's order.
 func Max(a, b Level) Level {
 	if a > b {
 		return a
