@@ -23,7 +23,7 @@ import (
 // with the registry it owns; tests build it the same way in-process.
 type Daemon struct {
 	Engine  *Engine
-	cache   *tlsprobe.Cache
+	cache   *tlsprobe.Cache[tlsprobe.Result]
 	store   state.Store
 	pins    *pinBook
 	metrics *Metrics

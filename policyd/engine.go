@@ -126,13 +126,16 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 	if !ok || d.Level >= limit {
 		return d // nothing evidence could add
 	}
-	// A pin answers at once, without waiting for a probe.
+	// A pin answers at once, without waiting for a probe. The probe is
+	// still kept fresh in the background: a pin that is never re-probed
+	// would never be confirmed (it would lapse) and a downgrade never seen.
 	if pin, ok := e.pinFor(t); ok {
 		d.Pin = pin
 		if l := min(pinLevel(pin), limit); l > d.Level {
 			d.Level, d.Answer = l, p.answers[l]
 		}
 		if d.Level >= limit {
+			e.refresh(t)
 			return d
 		}
 	}
@@ -153,6 +156,20 @@ func (e *Engine) pinFor(t tlsprobe.Target) (*state.Pin, bool) {
 		return nil, false
 	}
 	return e.pins.get(t.Key())
+}
+
+// refresh makes sure evidence for t is cached or being gathered, without
+// waiting: Get starts a background refresh of a stale result, and a miss
+// starts a probe whose result the next lookup finds.
+func (e *Engine) refresh(t tlsprobe.Target) {
+	if e.evidence == nil {
+		return
+	}
+	if _, ok := e.evidence.Get(t); !ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		e.evidence.Lookup(ctx, t)
+	}
 }
 
 // evidenceFor returns the probe result for a key: from the cache, or by

@@ -64,6 +64,14 @@ func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
 	if r.Failed() {
 		return
 	}
+	if p, changed := b.update(key, r, minTLS); changed {
+		b.persist(p) // outside the lock, so that bbolt can batch concurrent writes
+	}
+}
+
+// update applies a probe result to the pin in memory and returns the pin
+// to persist.
+func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pin, bool) {
 	shown := capabilityLevel(r.Capability)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -78,7 +86,7 @@ func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
 		b.log.Warn("possible downgrade attack: a probe saw less than the pinned level; the pin stands",
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
 			"pin_expires", p.Expires)
-		b.persist(p)
+		return p, true
 	case shown >= LevelEncrypt:
 		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
 		if had {
@@ -88,8 +96,9 @@ func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
 			}
 		}
 		b.pins.Store(key, &p)
-		b.persist(p)
+		return p, true
 	}
+	return state.Pin{}, false
 }
 
 func (b *pinBook) persist(p state.Pin) {

@@ -56,14 +56,13 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 
 // NewProbeCache wraps a prober in the cache the settings describe;
 // onResult (may be nil) sees every result the cache stores.
-func NewProbeCache(s Settings, p *tlsprobe.Prober, deps ProbeDeps, onResult func(string, tlsprobe.Result)) *tlsprobe.Cache {
+func NewProbeCache(s Settings, p *tlsprobe.Prober, deps ProbeDeps, onResult func(string, tlsprobe.Result)) *tlsprobe.Cache[tlsprobe.Result] {
 	return tlsprobe.NewCache(p.Probe, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
 		Now:         deps.Now,
 		Metrics:     deps.Metrics,
-		OnResult:    onResult,
-	})
+	}, onResult)
 }
 
 // trustAnchors is the system roots plus the PEM certificates in caFile.

@@ -89,7 +89,7 @@ func (s *Bolt) Load() (pins []Pin, probes []Probe, err error) {
 		if err := tx.Bucket(bucketPins).ForEach(func(k, v []byte) error {
 			var p Pin
 			if err := json.Unmarshal(v, &p); err != nil || p.Key != string(k) {
-				return fmt.Errorf("%w: pin %q does not decode: %v", ErrCorrupt, k, err)
+				return fmt.Errorf("%w: %s: pin %q does not decode: %v", ErrCorrupt, s.path, k, err)
 			}
 			pins = append(pins, p)
 			return nil

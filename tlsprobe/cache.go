@@ -28,11 +28,20 @@ type CacheConfig struct {
 	MaxPending    int           // probes running or waiting to run (0: DefaultMaxPending)
 	Now           func() time.Time
 	Metrics       *Metrics
-	// OnResult, if set, is called with every probe result the cache
-	// stores, in the probe's goroutine (never on a lookup's path): the
-	// daemon learns pins from it and persists the result.
-	OnResult func(key string, r Result)
 }
+
+// Evidence is what a Cache holds: a probe Result, or a value built around
+// one (the daemon adds what destinations publish, MTA-STS and DANE).
+type Evidence interface {
+	// Failed reports that the value holds no evidence at all: it is kept
+	// for the negative TTL and never replaces a good value.
+	Failed() bool
+	// Gathered is when the evidence was gathered, for Restore.
+	Gathered() time.Time
+}
+
+// Gathered implements Evidence.
+func (r Result) Gathered() time.Time { return r.ProbedAt }
 
 // Cache keeps probe results and runs the probes for misses. Lookups of a
 // cached destination take one shard lock and never wait for the network;
@@ -40,42 +49,45 @@ type CacheConfig struct {
 // ask; probes run with bounded concurrency and a bounded queue; and a
 // result past three quarters of its TTL is refreshed in the background on
 // its next lookup, so a busy destination waits for a probe only once.
-type Cache struct {
-	probe   func(context.Context, Target) Result
-	cfg     CacheConfig
-	shards  [numShards]shard
-	sem     chan struct{}
-	ctx     context.Context // parent of every probe; canceled by Close
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	mu      sync.Mutex // guards inflight and closed
-	flights map[string]*flight
-	closed  bool
+type Cache[V Evidence] struct {
+	probe    func(context.Context, Target) V
+	onResult func(key string, v V)
+	cfg      CacheConfig
+	shards   [numShards]shard[V]
+	sem      chan struct{}
+	ctx      context.Context // parent of every probe; canceled by Close
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex // guards inflight and closed
+	flights  map[string]*flight[V]
+	closed   bool
 }
 
 // shard holds successes and failures apart, each with its own TTL, so a
 // failure is retried soon while a success is kept for hours.
-type shard struct {
-	pos, neg *expirable.LRU[string, *entry]
+type shard[V Evidence] struct {
+	pos, neg *expirable.LRU[string, *entry[V]]
 }
 
 // entry is an immutable cached result; a change replaces the entry.
-type entry struct {
-	res       Result
+type entry[V Evidence] struct {
+	res       V
 	expires   time.Time
 	refreshAt time.Time // after this, a lookup starts a background refresh
 }
 
 // flight is one probe in progress; waiters block on done.
-type flight struct {
+type flight[V Evidence] struct {
 	done chan struct{}
-	res  Result
+	res  V
 }
 
 // NewCache returns a cache that runs probe for misses. Probes outlive the
 // lookups that started them (a lookup gives up after probe.wait; the probe
-// goes on for the next one) until Close.
-func NewCache(probe func(context.Context, Target) Result, cfg CacheConfig) *Cache {
+// goes on for the next one) until Close. onResult, if not nil, sees every
+// value the cache stores, in the probe's goroutine (never on a lookup's
+// path): the daemon learns pins from it and persists it.
+func NewCache[V Evidence](probe func(context.Context, Target) V, cfg CacheConfig, onResult func(key string, v V)) *Cache[V] {
 	if cfg.Size <= 0 {
 		cfg.Size = DefaultCacheSize
 	}
@@ -88,20 +100,21 @@ func NewCache(probe func(context.Context, Target) Result, cfg CacheConfig) *Cach
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Cache{
-		probe:   probe,
-		cfg:     cfg,
-		sem:     make(chan struct{}, cfg.MaxConcurrent),
-		flights: make(map[string]*flight),
+	c := &Cache[V]{
+		probe:    probe,
+		onResult: onResult,
+		cfg:      cfg,
+		sem:      make(chan struct{}, cfg.MaxConcurrent),
+		flights:  make(map[string]*flight[V]),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	per := max(cfg.Size/numShards, 1)
 	// Called under the LRU's lock: it must not touch the cache.
-	onEvict := func(string, *entry) { c.cfg.Metrics.evicted() }
+	onEvict := func(string, *entry[V]) { c.cfg.Metrics.evicted() }
 	for i := range c.shards {
 		// The LRU's own expiry (wall clock) only frees memory; freshness
 		// is decided by entry.expires against the injected clock.
-		c.shards[i] = shard{
+		c.shards[i] = shard[V]{
 			pos: expirable.NewLRU(per, onEvict, cfg.TTL),
 			neg: expirable.NewLRU(max(per/4, 1), onEvict, cfg.NegativeTTL),
 		}
@@ -109,7 +122,7 @@ func NewCache(probe func(context.Context, Target) Result, cfg CacheConfig) *Cach
 	return c
 }
 
-func (c *Cache) shard(key string) *shard {
+func (c *Cache[V]) shard(key string) *shard[V] {
 	h := uint32(2166136261) // FNV-1a, inline: no allocation
 	for i := 0; i < len(key); i++ {
 		h ^= uint32(key[i])
@@ -119,7 +132,7 @@ func (c *Cache) shard(key string) *shard {
 }
 
 // Len returns the number of cached results.
-func (c *Cache) Len() int {
+func (c *Cache[V]) Len() int {
 	n := 0
 	for i := range c.shards {
 		n += c.shards[i].pos.Len() + c.shards[i].neg.Len()
@@ -129,7 +142,7 @@ func (c *Cache) Len() int {
 
 // Get returns the cached result for t without waiting; it starts a
 // background refresh when the result is due for one.
-func (c *Cache) Get(t Target) (Result, bool) {
+func (c *Cache[V]) Get(t Target) (V, bool) {
 	key := t.Key()
 	now := c.cfg.Now()
 	s := c.shard(key)
@@ -138,7 +151,8 @@ func (c *Cache) Get(t Target) (Result, bool) {
 		e, ok = s.neg.Get(key)
 	}
 	if !ok || !now.Before(e.expires) {
-		return Result{}, false
+		var zero V
+		return zero, false
 	}
 	if !now.Before(e.refreshAt) {
 		c.cfg.Metrics.cacheResult("stale")
@@ -153,26 +167,27 @@ func (c *Cache) Get(t Target) (Result, bool) {
 // waits for it until ctx ends. It reports false when no result is ready in
 // time (or the probe queue is full); the probe then goes on in the
 // background for later lookups.
-func (c *Cache) Lookup(ctx context.Context, t Target) (Result, bool) {
+func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 	if r, ok := c.Get(t); ok {
 		return r, true
 	}
 	c.cfg.Metrics.cacheResult("miss")
+	var zero V
 	f := c.start(t, t.Key())
 	if f == nil {
-		return Result{}, false
+		return zero, false
 	}
 	select {
 	case <-f.done:
 		return f.res, true
 	case <-ctx.Done():
-		return Result{}, false
+		return zero, false
 	}
 }
 
 // Probe runs a probe now, ignoring the cache (for `tlspolicyd probe`), and
 // stores its result.
-func (c *Cache) Probe(ctx context.Context, t Target) Result {
+func (c *Cache[V]) Probe(ctx context.Context, t Target) V {
 	r := c.probe(ctx, t)
 	c.store(t.Key(), r)
 	return r
@@ -180,7 +195,7 @@ func (c *Cache) Probe(ctx context.Context, t Target) Result {
 
 // start returns the flight for key, starting one if none is running. It
 // returns nil when the cache is closed or MaxPending probes are queued.
-func (c *Cache) start(t Target, key string) *flight {
+func (c *Cache[V]) start(t Target, key string) *flight[V] {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.flights[key]; f != nil {
@@ -193,7 +208,7 @@ func (c *Cache) start(t Target, key string) *flight {
 		c.cfg.Metrics.queueFull()
 		return nil
 	}
-	f := &flight{done: make(chan struct{})}
+	f := &flight[V]{done: make(chan struct{})}
 	c.flights[key] = f
 	c.wg.Add(1)
 	go c.run(t, key, f)
@@ -202,18 +217,19 @@ func (c *Cache) start(t Target, key string) *flight {
 
 // run waits for a probe slot, probes, stores the result and wakes the
 // waiters.
-func (c *Cache) run(t Target, key string, f *flight) {
+func (c *Cache[V]) run(t Target, key string, f *flight[V]) {
 	defer c.wg.Done()
 	select {
 	case c.sem <- struct{}{}:
 		f.res = c.probe(c.ctx, t)
 		<-c.sem
 		c.store(key, f.res)
-		if c.cfg.OnResult != nil {
-			c.cfg.OnResult(key, f.res)
+		if c.onResult != nil {
+			c.onResult(key, f.res)
 		}
 	case <-c.ctx.Done():
-		f.res = Result{Target: t, Cause: CauseTimeout, Detail: "daemon shutting down"}
+		// Shutting down before the probe could start: the zero value,
+		// which holds no evidence.
 	}
 	c.mu.Lock()
 	delete(c.flights, key)
@@ -225,7 +241,7 @@ func (c *Cache) run(t Target, key string, f *flight) {
 // nothing answered) does not replace an unexpired good result: losing
 // evidence to a passing outage would weaken answers. The good result is
 // kept, and the refresh retried after the negative TTL.
-func (c *Cache) store(key string, r Result) {
+func (c *Cache[V]) store(key string, r V) {
 	now := c.cfg.Now()
 	s := c.shard(key)
 	if r.Failed() {
@@ -235,10 +251,10 @@ func (c *Cache) store(key string, r Result) {
 			s.pos.Add(key, &kept)
 			return
 		}
-		s.neg.Add(key, &entry{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)})
+		s.neg.Add(key, &entry[V]{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)})
 		s.pos.Remove(key)
 	} else {
-		s.pos.Add(key, &entry{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)})
+		s.pos.Add(key, &entry[V]{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)})
 		s.neg.Remove(key)
 	}
 	c.cfg.Metrics.setEntries(c.Len())
@@ -247,27 +263,27 @@ func (c *Cache) store(key string, r Result) {
 // Restore puts a stored result back in the cache at start, as fresh as
 // its age allows: a restart neither forgets results nor probes every
 // destination again. Results already past their TTL are dropped.
-func (c *Cache) Restore(key string, r Result) {
+func (c *Cache[V]) Restore(key string, r V) {
 	now := c.cfg.Now()
 	ttl := c.cfg.TTL
 	if r.Failed() {
 		ttl = c.cfg.NegativeTTL
 	}
-	expires := r.ProbedAt.Add(ttl)
+	expires := r.Gathered().Add(ttl)
 	if !now.Before(expires) {
 		return
 	}
 	s := c.shard(key)
 	if r.Failed() {
-		s.neg.Add(key, &entry{res: r, expires: expires, refreshAt: expires})
+		s.neg.Add(key, &entry[V]{res: r, expires: expires, refreshAt: expires})
 	} else {
-		s.pos.Add(key, &entry{res: r, expires: expires, refreshAt: r.ProbedAt.Add(ttl * 3 / 4)})
+		s.pos.Add(key, &entry[V]{res: r, expires: expires, refreshAt: r.Gathered().Add(ttl * 3 / 4)})
 	}
 	c.cfg.Metrics.setEntries(c.Len())
 }
 
 // Close cancels probes in flight and waits for them to end.
-func (c *Cache) Close() {
+func (c *Cache[V]) Close() {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()

@@ -106,7 +106,7 @@ func (f *fakeProbe) stats() (calls, maxRunning, canceled int) {
 // newTestCache returns a cache over f on clock, with its own metrics,
 // closed when the test ends. cfg's zero lifetimes become cacheTTL and
 // cacheNegTTL.
-func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig) (*Cache, *Metrics) {
+func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig) (*Cache[Result], *Metrics) {
 	t.Helper()
 	if cfg.TTL == 0 {
 		cfg.TTL = cacheTTL
@@ -116,14 +116,14 @@ func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig)
 	}
 	cfg.Now = clock.Now
 	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
-	c := NewCache(f.probe, cfg)
+	c := NewCache(f.probe, cfg, nil)
 	t.Cleanup(c.Close)
 	return c, cfg.Metrics
 }
 
 // settle waits until the probe in flight for target, if any, has stored its
 // result.
-func settle(c *Cache, target Target) {
+func settle(c *Cache[Result], target Target) {
 	c.mu.Lock()
 	f := c.flights[target.Key()]
 	c.mu.Unlock()
@@ -155,7 +155,7 @@ func checkCounts(t *testing.T, m *Metrics, hit, stale, miss float64) {
 
 // get calls c.Get and checks that it finds the result of probe number n
 // (n 0: that it finds nothing).
-func get(t *testing.T, c *Cache, target Target, n int) {
+func get(t *testing.T, c *Cache[Result], target Target, n int) {
 	t.Helper()
 	r, ok := c.Get(target)
 	if want := fmt.Sprintf("probe %d", n); n == 0 && ok || n != 0 && (!ok || r.Detail != want) {
