@@ -233,3 +233,54 @@ func (c *DNSClient) LookupAddrs(ctx context.Context, host string) ([]netip.Addr,
 	}
 	return addrs, nil
 }
+
+// LookupTXT returns the TXT records at name, each record's
+// character-strings joined into one string: a publisher may split a long
+// record anywhere, and readers such as MTA-STS (RFC 8461 section 3.1) and
+// SPF (RFC 7208 section 3.3) join the pieces again. CNAMEs are followed. A
+// name that exists without TXT records gives none and no error; a name that
+// does not exist gives a *DNSError wrapping ErrNXDomain, so that callers can
+// tell "no record" from "could not find out".
+func (c *DNSClient) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	rrs, err := c.lookup(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	txts := make([]string, 0, len(rrs))
+	for _, rr := range rrs {
+		var b strings.Builder
+		for _, s := range rr.(*dns.TXT).Txt {
+			b.WriteString(unescapeTXT(s))
+		}
+		txts = append(txts, b.String())
+	}
+	return txts, nil
+}
+
+// unescapeTXT undoes the presentation-format escapes that miekg/dns puts in
+// the character-strings it unpacks (\" and \\ for quote and backslash,
+// \DDD for unprintable bytes), giving back the bytes on the wire.
+func unescapeTXT(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 == len(s) {
+			b = append(b, s[i])
+			continue
+		}
+		if d := s[i+1:]; len(d) >= 3 && txtDigit(d[0]) && txtDigit(d[1]) && txtDigit(d[2]) {
+			if v := int(d[0]-'0')*100 + int(d[1]-'0')*10 + int(d[2]-'0'); v <= 0xff {
+				b = append(b, byte(v))
+				i += 3
+				continue
+			}
+		}
+		b = append(b, s[i+1])
+		i++
+	}
+	return string(b)
+}
+
+func txtDigit(c byte) bool { return '0' <= c && c <= '9' }

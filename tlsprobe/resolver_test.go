@@ -424,3 +424,68 @@ func TestDNSClientNoServers(t *testing.T) {
 	_, err := dnsClient().LookupMX(context.Background(), "example.test")
 	checkDNSError(t, err, "example.test", "MX", ErrDNSOther)
 }
+
+// LookupTXT joins each record's character-strings (split by DNS at 255
+// bytes), keeps records apart, and gives back the bytes as published,
+// including those that miekg/dns escapes.
+func TestDNSClientTXT(t *testing.T) {
+	t.Parallel()
+	d := fakedns.MustStart(t)
+	long := strings.Repeat("a", 300) // two character-strings on the wire
+	d.AddTXT("_mta-sts.example.test", "v=STSv1; ", "id=20240101T000000;")
+	d.AddTXT("_mta-sts.example.test", long)
+	d.AddTXT("odd.example.test", `q"uote \back`+"\x01\xff end")
+	c := dnsClient(d.Addr())
+	got, err := c.LookupTXT(context.Background(), "_MTA-STS.example.test.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	want := []string{long, "v=STSv1; id=20240101T000000;"}
+	if !slices.Equal(got, want) {
+		t.Errorf("LookupTXT = %q, want %q", got, want)
+	}
+	got, err = c.LookupTXT(context.Background(), "odd.example.test")
+	if want := `q"uote \back` + "\x01\xff end"; err != nil || len(got) != 1 || got[0] != want {
+		t.Errorf("LookupTXT = %q, %v; want [%q]", got, err, want)
+	}
+}
+
+func TestDNSClientTXTNone(t *testing.T) {
+	t.Parallel()
+	d := fakedns.MustStart(t)
+	d.AddA("example.test", "192.0.2.1")
+	d.AddCNAME("_mta-sts.alias.test", "_mta-sts.example.test")
+	d.AddTXT("_mta-sts.example.test", "v=STSv1; id=1")
+	d.SetRcode("_mta-sts.broken.test", dns.RcodeServerFailure)
+	c := dnsClient(d.Addr())
+	ctx := context.Background()
+	if got, err := c.LookupTXT(ctx, "example.test"); err != nil || len(got) != 0 {
+		t.Errorf("NODATA: LookupTXT = %q, %v; want none and no error", got, err)
+	}
+	if got, err := c.LookupTXT(ctx, "_mta-sts.alias.test"); err != nil || !slices.Equal(got, []string{"v=STSv1; id=1"}) {
+		t.Errorf("CNAME: LookupTXT = %q, %v", got, err)
+	}
+	_, err := c.LookupTXT(ctx, "_mta-sts.nowhere.test")
+	checkDNSError(t, err, "_mta-sts.nowhere.test", "TXT", ErrNXDomain)
+	_, err = c.LookupTXT(ctx, "_mta-sts.broken.test")
+	checkDNSError(t, err, "_mta-sts.broken.test", "TXT", ErrServFail)
+}
+
+func TestUnescapeTXT(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		``:          ``,
+		`plain`:     `plain`,
+		`a\"b`:      `a"b`,
+		`a\\b`:      `a\b`,
+		`\001\255x`: "\x01\xffx",
+		`\999`:      `999`, // not a byte: the backslash quotes the digit
+		`\12`:       `12`,
+		`end\`:      `end\`,
+	} {
+		if got := unescapeTXT(in); got != want {
+			t.Errorf("unescapeTXT(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package mtasts
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzParsePolicy checks that the policy parser never panics, fails only
+// with its sentinels, and that what it accepts is well formed: a known
+// mode, a bounded max_age, valid lower-case patterns (at least one unless
+// mode none), and a Text form that parses back to the same policy. The
+// committed corpus is in testdata/fuzz/FuzzParsePolicy.
+func FuzzParsePolicy(f *testing.F) {
+	for _, s := range []string{
+		"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 604800\n",
+		"version: STSv1\r\nmode: testing\r\nmx: mx.example.org\r\nmax_age: 86400\r\n",
+		"version: STSv1\nmode: none\nmax_age: 86400\n",
+		"version: STSv1\nmode: enforce\nmode: none\nmx: a.example\nmax_age: 31557600\nx-ext: v a l\n",
+		"version: STSv1\nmode: enforce\nmx: *.*.example.com\nmax_age: 60\n",
+		"\n\nversion:STSv1\t\nmode:enforce \nmx:A.EXAMPLE.\nmax_age:0\n\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p, err := ParsePolicy(body)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidPolicy) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("error %v matches no sentinel", err)
+			}
+			return
+		}
+		if p.Version != Version || p.Mode > ModeEnforce || p.MaxAge < 0 || p.MaxAge > MaxMaxAge || p.MaxAge%time.Second != 0 {
+			t.Fatalf("accepted %+v", p)
+		}
+		if p.Mode != ModeNone && len(p.MX) == 0 {
+			t.Fatalf("mode %v without mx accepted", p.Mode)
+		}
+		for _, pat := range p.MX {
+			if pat != strings.ToLower(pat) || !validHostname(strings.TrimPrefix(pat, "*.")) {
+				t.Fatalf("pattern %q accepted", pat)
+			}
+			if host := strings.Replace(pat, "*", "x", 1); !p.Matches(host) || !p.Matches(strings.ToUpper(host)+".") {
+				t.Fatalf("policy does not match %q, made from its pattern %q", host, pat)
+			}
+		}
+		if m := p.PostfixMatch(); strings.ContainsAny(m, " \t*,") {
+			t.Fatalf("PostfixMatch %q", m)
+		}
+		q, err := ParsePolicy(p.Text())
+		if err != nil || q.Mode != p.Mode || q.MaxAge != p.MaxAge || !slices.Equal(q.MX, p.MX) {
+			t.Fatalf("round trip: %+v, %v; want %+v", q, err, p)
+		}
+	})
+}
+
+// FuzzParseTXT checks that the record parser never panics, fails only with
+// ErrInvalidRecord, returns ids of 1 to 32 letters and digits, and accepts
+// only what isSTSRecord counts. The committed corpus is in
+// testdata/fuzz/FuzzParseTXT.
+func FuzzParseTXT(f *testing.F) {
+	for _, s := range []string{
+		"v=STSv1; id=20160831085700Z;",
+		"v=STSv1;id=abc",
+		"v=STSv1 ; id=abc ; ext=1 ;",
+		"v=STSv1; id=a; id=b",
+		"v=STSv1;; id=abc",
+		"id=abc; v=STSv1",
+		"v=STSv1; id=" + strings.Repeat("9", 33),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, txt string) {
+		id, err := ParseTXT(txt)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidRecord) || id != "" {
+				t.Fatalf("ParseTXT = %q, %v", id, err)
+			}
+			return
+		}
+		if id == "" || len(id) > 32 || strings.IndexFunc(id, func(r rune) bool { return r > 0x7f || !isAlnum(byte(r)) }) >= 0 {
+			t.Fatalf("id %q accepted", id)
+		}
+		if !isSTSRecord(txt) {
+			t.Fatalf("%q parsed but would not be counted as an MTA-STS record", txt)
+		}
+		if again, err := ParseTXT("v=STSv1; id=" + id); err != nil || again != id {
+			t.Fatalf("id %q does not round-trip: %q, %v", id, again, err)
+		}
+	})
+}

@@ -1,0 +1,250 @@
+package mtasts
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParsePolicy(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		body   string
+		mode   Mode
+		mx     []string
+		maxAge time.Duration
+		err    error // nil: valid
+	}{
+		{
+			name: "enforce LF",
+			body: "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmx: backupmx.example.com\nmax_age: 604800\n",
+			mode: ModeEnforce, mx: []string{"mail.example.com", "*.example.net", "backupmx.example.com"}, maxAge: 604800 * time.Second,
+		},
+		{
+			name: "enforce CRLF",
+			body: "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmax_age: 86400\r\n",
+			mode: ModeEnforce, mx: []string{"mail.example.com"}, maxAge: 86400 * time.Second,
+		},
+		{
+			name: "mixed line ends, no final newline",
+			body: "version: STSv1\r\nmode: testing\nmx: mail.example.com\r\nmax_age: 86400",
+			mode: ModeTesting, mx: []string{"mail.example.com"}, maxAge: 86400 * time.Second,
+		},
+		{
+			name: "testing",
+			body: "version: STSv1\nmode: testing\nmx: mx.example.org\nmax_age: 3600\n",
+			mode: ModeTesting, mx: []string{"mx.example.org"}, maxAge: time.Hour,
+		},
+		{
+			name: "none without mx",
+			body: "version: STSv1\nmode: none\nmax_age: 86400\n",
+			mode: ModeNone, maxAge: 86400 * time.Second,
+		},
+		{
+			name: "none with mx",
+			body: "version: STSv1\nmode: none\nmx: mx.example.org\nmax_age: 86400\n",
+			mode: ModeNone, mx: []string{"mx.example.org"}, maxAge: 86400 * time.Second,
+		},
+		{
+			name: "fields in any order, whitespace after colon and at line end",
+			body: "max_age:\t 0 \nmx:   MX.Example.ORG\t\nmode: enforce\nversion: STSv1  \n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"},
+		},
+		{
+			name: "blank lines tolerated",
+			body: "\nversion: STSv1\n\n  \nmode: enforce\r\n\r\nmx: mx.example.org\nmax_age: 60\n\n\n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
+		},
+		{
+			name: "unknown keys ignored",
+			body: "version: STSv1\nmode: enforce\nx-comment: hello world, ça va\nfoo_bar.baz-1: v\nmx: mx.example.org\nmax_age: 60\n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
+		},
+		{
+			name: "mx repeated, duplicates dropped, trailing dot tolerated",
+			body: "version: STSv1\nmode: enforce\nmx: a.example.org\nmx: A.example.org.\nmx: *.example.org\nmax_age: 60\n",
+			mode: ModeEnforce, mx: []string{"a.example.org", "*.example.org"}, maxAge: time.Minute,
+		},
+		{
+			name: "repeated mode: the first counts (RFC 8461 section 3.2)",
+			body: "version: STSv1\nmode: enforce\nmode: none\nmode: bogus\nmx: mx.example.org\nmax_age: 60\nmax_age: 99999999999\nversion: STSv2\n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
+		},
+		{
+			name: "largest max_age",
+			body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 31557600\n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: MaxMaxAge,
+		},
+		{
+			name: "max_age with leading zeros",
+			body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 0000086400\n",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: 86400 * time.Second,
+		},
+		{name: "empty", body: "", err: ErrInvalidPolicy},
+		{name: "missing version", body: "mode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "missing mode", body: "version: STSv1\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "missing max_age", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\n", err: ErrInvalidPolicy},
+		{name: "wrong version", body: "version: STSv2\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "version case", body: "version: stsv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "key case", body: "Version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "unknown mode", body: "version: STSv1\nmode: report\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mode case", body: "version: STSv1\nmode: Enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "max_age too large", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 31557601\n", err: ErrInvalidPolicy},
+		{name: "max_age 11 digits", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 00000000001\n", err: ErrInvalidPolicy},
+		{name: "max_age negative", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: -1\n", err: ErrInvalidPolicy},
+		{name: "max_age plus sign", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: +60\n", err: ErrInvalidPolicy},
+		{name: "max_age not numeric", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 1w\n", err: ErrInvalidPolicy},
+		{name: "max_age empty", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age:\n", err: ErrInvalidPolicy},
+		{name: "enforce without mx", body: "version: STSv1\nmode: enforce\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "testing without mx", body: "version: STSv1\nmode: testing\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "double wildcard", body: "version: STSv1\nmode: enforce\nmx: *.*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "partial wildcard", body: "version: STSv1\nmode: enforce\nmx: mx*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "inner wildcard", body: "version: STSv1\nmode: enforce\nmx: mx.*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "bare wildcard", body: "version: STSv1\nmode: enforce\nmx: *\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "empty mx", body: "version: STSv1\nmode: enforce\nmx:\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx with port", body: "version: STSv1\nmode: enforce\nmx: mx.example.com:25\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx with space", body: "version: STSv1\nmode: enforce\nmx: mx example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx empty label", body: "version: STSv1\nmode: enforce\nmx: mx..example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx hyphen at label end", body: "version: STSv1\nmode: enforce\nmx: mx-.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx U-label", body: "version: STSv1\nmode: enforce\nmx: mx.exämple.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx label too long", body: "version: STSv1\nmode: enforce\nmx: " + strings.Repeat("a", 64) + ".example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "bad mx in mode none", body: "version: STSv1\nmode: none\nmx: mx*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "line without colon", body: "version: STSv1\nmode: enforce\nmx mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "space before colon", body: "version : STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "leading whitespace", body: " version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "comment line", body: "# policy\nversion: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "bad extension name", body: "version: STSv1\nmode: enforce\n_x: y\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "extension name too long", body: "version: STSv1\nmode: enforce\n" + strings.Repeat("x", 33) + ": y\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "empty extension value", body: "version: STSv1\nmode: enforce\nx:\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "control character", body: "version: STSv1\nmode: enforce\nx: a\x00b\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "invalid UTF-8", body: "version: STSv1\nmode: enforce\nx: \xff\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "bare CR inside a line", body: "version: STSv1\rmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "HTML", body: "<html><body>Not found</body></html>", err: ErrInvalidPolicy},
+		{name: "oversized", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\nx: " + strings.Repeat("a", MaxPolicySize), err: ErrTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, err := ParsePolicy([]byte(tt.body))
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("ParsePolicy = %+v, %v; want error %v", p, err, tt.err)
+				}
+				if !errors.Is(err, ErrInvalidPolicy) && !errors.Is(err, ErrTooLarge) {
+					t.Errorf("error %v matches no sentinel", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParsePolicy: %v", err)
+			}
+			if p.Version != Version || p.Mode != tt.mode || !slices.Equal(p.MX, tt.mx) || p.MaxAge != tt.maxAge {
+				t.Errorf("ParsePolicy = %+v, want mode %v mx %q max_age %v", p, tt.mode, tt.mx, tt.maxAge)
+			}
+			if p.ID != "" || !p.FetchedAt.IsZero() {
+				t.Errorf("ParsePolicy set ID %q or FetchedAt %v", p.ID, p.FetchedAt)
+			}
+		})
+	}
+}
+
+// A body of exactly MaxPolicySize bytes is accepted; one more is not.
+func TestParsePolicySizeLimit(t *testing.T) {
+	t.Parallel()
+	head := "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\nx: "
+	body := head + strings.Repeat("a", MaxPolicySize-len(head))
+	if _, err := ParsePolicy([]byte(body)); err != nil {
+		t.Errorf("%d bytes: %v", len(body), err)
+	}
+	if _, err := ParsePolicy([]byte(body + "a")); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("%d bytes: %v, want ErrTooLarge", len(body)+1, err)
+	}
+}
+
+// Text writes what ParsePolicy reads back unchanged.
+func TestPolicyTextRoundTrip(t *testing.T) {
+	t.Parallel()
+	p := Policy{Version: Version, Mode: ModeEnforce, MX: []string{"mx1.example.com", "*.example.net"}, MaxAge: 86400 * time.Second}
+	q, err := ParsePolicy(p.Text())
+	if err != nil || q.Mode != p.Mode || !slices.Equal(q.MX, p.MX) || q.MaxAge != p.MaxAge || q.Version != p.Version {
+		t.Errorf("ParsePolicy(Text()) = %+v, %v; want %+v\n%s", q, err, p, p.Text())
+	}
+}
+
+func TestMatches(t *testing.T) {
+	t.Parallel()
+	p := Policy{Mode: ModeEnforce, MX: []string{"mail.example.com", "*.example.net", "*.Upper.example.org"}}
+	tests := []struct {
+		host string
+		want bool
+	}{
+		{"mail.example.com", true},
+		{"MAIL.Example.COM", true},
+		{"mail.example.com.", true},
+		{"mail2.example.com", false},
+		{"example.com", false},
+		{"x.mail.example.com", false},
+		{"mx1.example.net", true},
+		{"MX1.EXAMPLE.NET.", true},
+		{"example.net", false},      // a wildcard does not match the apex
+		{".example.net", false},     // nor an empty label
+		{"a.b.example.net", false},  // only one label
+		{"mx1.example.net2", false}, // nor a longer name
+		{"mx1example.net", false},
+		{"mx.upper.example.org", true},
+		{"", false},
+		{".", false},
+	}
+	for _, tt := range tests {
+		if got := p.Matches(tt.host); got != tt.want {
+			t.Errorf("Matches(%q) = %v, want %v", tt.host, got, tt.want)
+		}
+	}
+	if (Policy{}).Matches("mail.example.com") {
+		t.Error("a policy without patterns matches")
+	}
+}
+
+func TestPostfixMatch(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		mx   []string
+		want string
+	}{
+		{[]string{"mx1.example.com"}, "mx1.example.com"},
+		{[]string{"mx1.example.com", "*.example.net", "mx2.example.com"}, "mx1.example.com:.example.net:mx2.example.com"},
+		{[]string{"*.example.net", "*.EXAMPLE.net"}, ".example.net"},
+		{nil, ""},
+	}
+	for _, tt := range tests {
+		if got := (Policy{MX: tt.mx}).PostfixMatch(); got != tt.want {
+			t.Errorf("PostfixMatch(%q) = %q, want %q", tt.mx, got, tt.want)
+		}
+	}
+}
+
+func TestModeString(t *testing.T) {
+	t.Parallel()
+	for m, want := range map[Mode]string{ModeNone: "none", ModeTesting: "testing", ModeEnforce: "enforce", 7: "Mode(7)"} {
+		if got := m.String(); got != want {
+			t.Errorf("Mode(%d).String() = %q, want %q", m, got, want)
+		}
+	}
+	if !(ModeNone < ModeTesting && ModeTesting < ModeEnforce) {
+		t.Error("modes are not ordered by strength")
+	}
+}
+
+func TestPolicyString(t *testing.T) {
+	t.Parallel()
+	p := Policy{Mode: ModeEnforce, MX: []string{"a.example", "*.b.example"}, MaxAge: time.Hour, ID: "abc"}
+	if got, want := p.String(), "mode=enforce mx=a.example,*.b.example max_age=3600 id=abc"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	if got := p.Expires(); !got.Equal(time.Time{}.Add(time.Hour)) {
+		t.Errorf("Expires() = %v", got)
+	}
+}
