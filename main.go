@@ -134,7 +134,12 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 1
 	}
-	cache := policyd.NewProbeCache(p.Settings, prober, policyd.ProbeDeps{}, nil)
+	gatherer, err := policyd.NewGatherer(p.Settings, prober, policyd.ProbeDeps{})
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return 1
+	}
+	cache := policyd.NewProbeCache(p.Settings, gatherer, policyd.ProbeDeps{}, nil)
 	defer cache.Close()
 	e := policyd.NewEngine(p, cache)
 	// The daemon's pins count too: read them from the store, or from the
@@ -175,7 +180,7 @@ func query(args []string, stdout, stderr io.Writer) int {
 	}
 	if d.Probed {
 		fmt.Fprintln(stdout)
-		printProbe(stdout, d.Probe, prober.MinVersion)
+		printFindings(stdout, d.Findings, prober.MinVersion)
 	}
 	if !d.Found() {
 		return 1

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/policyd"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
@@ -45,21 +46,45 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 1
 	}
-	r := prober.Probe(context.Background(), target)
+	g, err := policyd.NewGatherer(p.Settings, prober, policyd.ProbeDeps{})
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return 1
+	}
+	f := g.Gather(context.Background(), target)
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
+		if err := enc.Encode(f); err != nil {
 			fmt.Fprintln(stderr, "tlspolicyd:", err)
 			return 1
 		}
 	} else {
-		printProbe(stdout, r, prober.MinVersion)
+		printFindings(stdout, f, prober.MinVersion)
 	}
-	if r.Failed() {
+	if f.Failed() {
 		return 1
 	}
 	return 0
+}
+
+// printFindings writes the probe table and what the destination publishes.
+func printFindings(w io.Writer, f policyd.Findings, minVersion uint16) {
+	printProbe(w, f.Probe, minVersion)
+	if f.DANE != dane.NoDANE || f.DANEDetail != "" {
+		fmt.Fprintf(w, "DANE: %s", f.DANE)
+		if f.DANEDetail != "" {
+			fmt.Fprintf(w, " (%s)", f.DANEDetail)
+		}
+		fmt.Fprintln(w)
+	}
+	switch {
+	case f.STS != nil:
+		fmt.Fprintf(w, "MTA-STS: mode %s, mx %s, max_age %s, id %s (%s)\n", f.STS.Mode, strings.Join(f.STS.MX, " "),
+			f.STS.MaxAge, f.STS.ID, f.STSNote)
+	case f.STSNote != "":
+		fmt.Fprintf(w, "MTA-STS: %s\n", f.STSNote)
+	}
 }
 
 // printProbe writes a probe result as a table a postmaster can read.

@@ -23,7 +23,7 @@ import (
 // with the registry it owns; tests build it the same way in-process.
 type Daemon struct {
 	Engine  *Engine
-	cache   *tlsprobe.Cache[tlsprobe.Result]
+	cache   *tlsprobe.Cache[Findings]
 	store   state.Store
 	pins    *pinBook
 	metrics *Metrics
@@ -54,6 +54,9 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 	if deps.Metrics == nil {
 		deps.Metrics = tlsprobe.NewMetrics(opts.Registerer)
 	}
+	if deps.Registerer == nil {
+		deps.Registerer = opts.Registerer
+	}
 	prober, err := NewProber(p.Settings, deps)
 	if err != nil {
 		return nil, err
@@ -76,9 +79,14 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
 	book.load(pins)
 	minTLS := p.minTLS()
-	cache := NewProbeCache(p.Settings, prober, deps, func(key string, r tlsprobe.Result) {
-		book.learn(key, r, minTLS)
-		if b, err := json.Marshal(r); err == nil {
+	gatherer, err := NewGatherer(p.Settings, prober, deps)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	cache := NewProbeCache(p.Settings, gatherer, deps, func(key string, f Findings) {
+		book.learn(key, f.Probe, minTLS)
+		if b, err := json.Marshal(f); err == nil {
 			if err := store.PutProbes(state.Probe{Key: key, Result: b}); err != nil {
 				book.metrics.storeErrors.Inc()
 				opts.Logger.Error("cannot write a probe result to the state store", "destination", key, "err", err)

@@ -38,9 +38,9 @@ type Engine struct {
 // Evidence is what the engine needs from probing: the tlsprobe.Cache.
 type Evidence interface {
 	// Get returns a cached result without waiting.
-	Get(t tlsprobe.Target) (tlsprobe.Result, bool)
+	Get(t tlsprobe.Target) (Findings, bool)
 	// Lookup returns a cached result or waits for a probe until ctx ends.
-	Lookup(ctx context.Context, t tlsprobe.Target) (tlsprobe.Result, bool)
+	Lookup(ctx context.Context, t tlsprobe.Target) (Findings, bool)
 }
 
 // NewEngine returns an engine answering from p, raising answers with
@@ -66,12 +66,15 @@ type Decision struct {
 	Floor  Level  // the rule's level, raised to the class level
 	Level  Level  // the level answered (LevelUnset when not found)
 	Answer Answer
-	// Probe is the evidence consulted, if Probed; Waited is set when no
-	// result was ready within probe.wait (the floor was answered).
-	Probe  tlsprobe.Result
-	Probed bool
-	Waited bool
-	Pin    *state.Pin // the destination's valid pin, if consulted
+	// Findings are the evidence consulted, if Probed; Waited is set when
+	// none was ready within probe.wait (the floor was answered).
+	Findings Findings
+	Probed   bool
+	Waited   bool
+	Pin      *state.Pin // the destination's valid pin, if consulted
+	// Published says which published policy (DANE, MTA-STS) decided, if
+	// one did.
+	Published string
 }
 
 // Found reports whether the destination has an answer (a .parent key that
@@ -112,20 +115,23 @@ func (e *Engine) Decide(ctx context.Context, destination, sender string, wait ti
 	return e.decide(ctx, p, destination, class, wait)
 }
 
-// decide applies the rules, then the evidence: a destination whose rule
-// allows upgrades is raised to what its probe showed, capped by the rule's
-// upgrade. Evidence only ever raises: no probe outcome, failure or delay
-// answers below the floor.
+// decide applies the rules, then the evidence. Published policies (DANE,
+// then MTA-STS) apply whenever their source is enabled and the rule does
+// not opt out; otherwise a destination whose rule allows upgrades is
+// raised to what its pin and probe showed, capped by the rule's upgrade.
+// Evidence only ever raises: no probe outcome, failure or delay answers
+// below the floor.
 func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class, wait time.Duration) Decision {
 	d := p.decide(raw, class)
 	if e.evidence == nil || !d.Found() {
 		return d
 	}
-	limit := d.Rule.Upgrade.Cap()
 	t, ok := d.Key.Target()
-	if !ok || d.Level >= limit {
-		return d // nothing evidence could add
+	if !ok || d.Level == LevelDaneOnly {
+		return d // nothing to probe, or nothing stronger to find
 	}
+	limit := d.Rule.Upgrade.Cap()
+	wantPublished := p.wantsPublished(d.Rule, d.Key)
 	// A pin answers at once, without waiting for a probe. The probe is
 	// still kept fresh in the background: a pin that is never re-probed
 	// would never be confirmed (it would lapse) and a downgrade never seen.
@@ -134,20 +140,38 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		if l := min(pinLevel(pin), limit); l > d.Level {
 			d.Level, d.Answer = l, p.answers[l]
 		}
-		if d.Level >= limit {
+		if d.Level >= limit && !wantPublished {
 			e.refresh(t)
 			return d
 		}
 	}
-	d.Probe, d.Probed = e.evidenceFor(ctx, d.Key, wait)
+	if d.Level >= limit && !wantPublished {
+		return d // nothing evidence could add
+	}
+	d.Findings, d.Probed = e.evidenceFor(ctx, d.Key, wait)
 	if !d.Probed {
 		d.Waited = true
 		return d
 	}
-	if l := min(capabilityLevel(d.Probe.Capability), limit); l > d.Level {
+	if l, a, why := p.published(d.Rule, d.Key, d.Findings); l != LevelUnset {
+		// A published policy decides when it protects at least as well as
+		// the answer so far; probes do not override it.
+		if Stronger(d.Level, l) == l {
+			d.Level, d.Answer, d.Published = l, a, why
+		}
+		return d
+	}
+	if l := min(capabilityLevel(d.Findings.Probe.Capability), limit); l > d.Level {
 		d.Level, d.Answer = l, p.answers[l]
 	}
 	return d
+}
+
+// wantsPublished reports whether a published-policy source applies to a
+// destination: enabled in the settings and not opted out by its rule.
+func (p *Policy) wantsPublished(r *Rule, k Key) bool {
+	s := p.Settings
+	return (s.DANEEnabled && r.DANE) || (s.MTASTSEnabled && r.MTASTS && k.Kind == KeyDomain)
 }
 
 // pinFor returns the valid pin of a target.
@@ -174,10 +198,10 @@ func (e *Engine) refresh(t tlsprobe.Target) {
 
 // evidenceFor returns the probe result for a key: from the cache, or by
 // waiting at most wait for a probe. Without a prober there is none.
-func (e *Engine) evidenceFor(ctx context.Context, k Key, wait time.Duration) (tlsprobe.Result, bool) {
+func (e *Engine) evidenceFor(ctx context.Context, k Key, wait time.Duration) (Findings, bool) {
 	t, ok := k.Target()
 	if e.evidence == nil || !ok {
-		return tlsprobe.Result{}, false
+		return Findings{}, false
 	}
 	if r, ok := e.evidence.Get(t); ok {
 		return r, true
@@ -207,8 +231,8 @@ func (e *Engine) fallbackRoute(p *Policy, key string) Answer {
 	if r == nil || r.Fallback == "" || !r.Level.Encrypted() {
 		return notFound
 	}
-	res, ok := e.evidenceFor(context.Background(), k, 0)
-	if !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
+	f, ok := e.evidenceFor(context.Background(), k, 0)
+	if res := f.Probe; !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
 		return notFound
 	}
 	return Answer{Status: StatusOK, Text: r.Fallback}
@@ -312,15 +336,17 @@ func (p *Policy) Explain(d Decision) string {
 		s += fmt.Sprintf("; already at or above what evidence may give (upgrade %s)", d.Rule.Upgrade)
 	case d.Waited:
 		s += "; no probe result within probe.wait: the floor is answered meanwhile"
-	case d.Pin != nil && d.Level > d.Floor && (!d.Probed || capabilityLevel(d.Probe.Capability) < d.Level):
+	case d.Published != "":
+		s += fmt.Sprintf("; raised to %s by a published policy: %s", d.Level, d.Published)
+	case d.Pin != nil && d.Level > d.Floor && (!d.Probed || capabilityLevel(d.Findings.Probe.Capability) < d.Level):
 		s += fmt.Sprintf("; raised to %s by a pin (first seen %s, confirmed %s, expires %s)", d.Level,
 			d.Pin.FirstSeen.UTC().Format(time.RFC3339), d.Pin.LastSeen.UTC().Format(time.RFC3339), d.Pin.Expires.UTC().Format(time.RFC3339))
 	case d.Probed && d.Level > d.Floor:
 		s += fmt.Sprintf("; raised to %s by probe (upgrade %s)", d.Level, d.Rule.Upgrade)
-	case d.Probed && d.Probe.Failed():
-		s += "; the probe failed, so the floor holds: " + d.Probe.Reason(p.minTLS())
+	case d.Probed && d.Findings.Probe.Failed():
+		s += "; the probe failed, so the floor holds: " + d.Findings.Probe.Reason(p.minTLS())
 	case d.Probed:
-		s += "; probe evidence does not allow more: " + d.Probe.Reason(p.minTLS())
+		s += "; probe evidence does not allow more: " + d.Findings.Probe.Reason(p.minTLS())
 	}
 	if d.Pin != nil && !d.Pin.LastDowngrade.IsZero() {
 		s += fmt.Sprintf("; POSSIBLE DOWNGRADE ATTACK: a probe at %s saw less than the pinned %s (%s)",

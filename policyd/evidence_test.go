@@ -12,29 +12,34 @@ import (
 // fakeEvidence answers from a map; a target absent from it is "still
 // probing": Lookup blocks until ctx ends, as the cache does past probe.wait.
 type fakeEvidence struct {
-	mu      sync.Mutex
-	results map[string]tlsprobe.Result
-	asked   []tlsprobe.Target
+	mu       sync.Mutex
+	results  map[string]tlsprobe.Result // probe results
+	findings map[string]Findings        // whole findings (published policies), checked first
+	asked    []tlsprobe.Target
 }
 
-func (f *fakeEvidence) Get(t tlsprobe.Target) (tlsprobe.Result, bool) {
+func (f *fakeEvidence) Get(t tlsprobe.Target) (Findings, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, t)
+	if found, ok := f.findings[t.Key()]; ok {
+		return found, true
+	}
 	r, ok := f.results[t.Key()]
-	return r, ok
+	return Findings{Probe: r}, ok
 }
 
-func (f *fakeEvidence) Lookup(ctx context.Context, t tlsprobe.Target) (tlsprobe.Result, bool) {
+func (f *fakeEvidence) Lookup(ctx context.Context, t tlsprobe.Target) (Findings, bool) {
 	if r, ok := f.Get(t); ok {
 		return r, true
 	}
 	<-ctx.Done()
-	return tlsprobe.Result{}, false
+	return Findings{}, false
 }
 
 const evidenceRules = `
 probe: {wait: 10ms}
+mtasts: {enabled: false}
 defaults:
   level: may
   upgrade: encrypt

@@ -252,9 +252,9 @@ func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 // restoreProbes decodes stored probe results for the cache.
-func restoreProbes(probes []state.Probe, restore func(string, tlsprobe.Result)) error {
+func restoreProbes(probes []state.Probe, restore func(string, Findings)) error {
 	for _, sp := range probes {
-		var r tlsprobe.Result
+		var r Findings
 		if err := json.Unmarshal(sp.Result, &r); err != nil {
 			return fmt.Errorf("%w: probe result of %s: %v", state.ErrCorrupt, sp.Key, err)
 		}

@@ -201,7 +201,7 @@ func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 	}
 	r := result(tlsprobe.CapEncrypt, tlsprobe.CauseUnknownAuthority)
 	r.ProbedAt = now
-	raw, _ := json.Marshal(r)
+	raw, _ := json.Marshal(Findings{Probe: r})
 	if err := store.PutProbes(state.Probe{Key: "probed.test", Result: raw}); err != nil {
 		t.Fatal(err)
 	}

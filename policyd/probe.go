@@ -8,6 +8,10 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/mtasts"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -19,6 +23,8 @@ type ProbeDeps struct {
 	Dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	Now      func() time.Time
 	Metrics  *tlsprobe.Metrics
+	// Registerer takes the DANE and MTA-STS collectors (nil: none).
+	Registerer prometheus.Registerer
 }
 
 // NewProber builds the prober the settings describe.
@@ -54,10 +60,43 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 	}, nil
 }
 
-// NewProbeCache wraps a prober in the cache the settings describe;
-// onResult (may be nil) sees every result the cache stores.
-func NewProbeCache(s Settings, p *tlsprobe.Prober, deps ProbeDeps, onResult func(string, tlsprobe.Result)) *tlsprobe.Cache[tlsprobe.Result] {
-	return tlsprobe.NewCache(p.Probe, tlsprobe.CacheConfig{
+// NewGatherer builds what gathers Findings as the settings describe: the
+// probe of p and, when enabled, DANE and MTA-STS.
+func NewGatherer(s Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gatherer, error) {
+	g := &Gatherer{probe: p, timeout: s.ProbeTimeout}
+	if s.DANEEnabled {
+		g.dane = &dane.Checker{
+			Servers: s.DNSServers,
+			Timeout: s.DNSTimeout,
+			Trusted: dane.AllLoopback(s.DNSServers),
+			Now:     deps.Now,
+			Metrics: dane.NewMetrics(deps.Registerer),
+		}
+	}
+	if s.MTASTSEnabled {
+		res, ok := p.Resolver.(mtasts.Resolver)
+		if !ok {
+			c, err := tlsprobe.NewDNSClient(s.DNSServers, s.DNSTimeout)
+			if err != nil {
+				return nil, err
+			}
+			res = c
+		}
+		roots, err := mtasts.LoadRoots(s.MTASTSCAFile)
+		if err != nil {
+			return nil, err
+		}
+		f := &mtasts.Fetcher{Resolver: res, Roots: roots, AllowPrivate: s.AllowPrivate, Dial: deps.Dial,
+			Timeout: s.ProbeTimeout, Now: deps.Now}
+		g.sts = mtasts.NewCache(f, 0, deps.Now, mtasts.NewMetrics(deps.Registerer))
+	}
+	return g, nil
+}
+
+// NewProbeCache builds the cache of Findings the settings describe, filled
+// by g. onResult (may be nil) sees every value the cache stores.
+func NewProbeCache(s Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+	return tlsprobe.NewCache(g.Gather, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
 		Now:         deps.Now,

@@ -134,8 +134,9 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) V
 			continue
 		}
 		if !looked {
-			res, ok = e.evidenceFor(ctx, k, wait)
-			looked = true
+			var f Findings
+			f, ok = e.evidenceFor(ctx, k, wait)
+			res, looked = f.Probe, true
 		}
 		if out := judge(req, res, ok, p.minTLS()); out.Action != ActionDunno {
 			out.Class, out.Rule = v.Class, v.Rule

@@ -184,16 +184,20 @@ func TestProbing(t *testing.T) {
 		if code != 0 {
 			t.Errorf("tlspolicyd probe -json good.test: exit %d, want 0\n%s", code, out)
 		}
-		var r struct {
-			Capability string
-			Hosts      []struct {
-				Host       string
+		// The findings: the probe, and what the destination publishes.
+		var f struct {
+			Probe struct {
 				Capability string
-			}
+				Hosts      []struct {
+					Host       string
+					Capability string
+				}
+			} `json:"probe"`
 		}
-		if err := json.Unmarshal([]byte(out), &r); err != nil {
+		if err := json.Unmarshal([]byte(out), &f); err != nil {
 			t.Fatalf("tlspolicyd probe -json good.test: not JSON: %v\n%s", err, out)
 		}
+		r := f.Probe
 		if r.Capability != "verify" || len(r.Hosts) != 1 || r.Hosts[0].Host != "mx.good.test" || r.Hosts[0].Capability != "verify" {
 			t.Errorf("tlspolicyd probe -json good.test: capability %q, hosts %+v; want verify, one host mx.good.test with verify\n%s",
 				r.Capability, r.Hosts, out)

@@ -1,0 +1,132 @@
+package policyd
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/mtasts"
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+)
+
+// Findings is everything the daemon has gathered about one destination,
+// in the background, for lookups to answer from memory: the probe of its
+// mail servers and what it publishes (DANE TLSA records, an MTA-STS
+// policy). It is what the probe cache holds and the state store keeps.
+type Findings struct {
+	Probe tlsprobe.Result `json:"probe"`
+	// DANE is the verdict of the TLSA records (dane.NoDANE when DANE is
+	// off or the destination publishes none); DANEDetail says why.
+	DANE       dane.Verdict `json:"dane"`
+	DANEDetail string       `json:"dane_detail,omitempty"`
+	// STS is the MTA-STS policy in force (mode testing or enforce), if
+	// any; STSNote says how the last lookup went.
+	STS     *mtasts.Policy `json:"mta_sts,omitempty"`
+	STSNote string         `json:"mta_sts_note,omitempty"`
+}
+
+// Failed implements tlsprobe.Evidence: nothing at all was learned.
+func (f Findings) Failed() bool {
+	return f.Probe.Failed() && f.STS == nil && (f.DANE == dane.NoDANE || f.DANE == dane.TempFail)
+}
+
+// Gathered implements tlsprobe.Evidence.
+func (f Findings) Gathered() time.Time { return f.Probe.ProbedAt }
+
+// Gatherer collects Findings: the probe always, DANE and MTA-STS when
+// enabled. The three run side by side within the probe timeout.
+type Gatherer struct {
+	probe   *tlsprobe.Prober
+	dane    *dane.Checker // nil: DANE off
+	sts     *mtasts.Cache // nil: MTA-STS off
+	timeout time.Duration
+}
+
+// Gather collects the Findings of one target.
+func (g *Gatherer) Gather(ctx context.Context, t tlsprobe.Target) Findings {
+	var f Findings
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if g.dane != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.DANE, f.DANEDetail = g.checkDANE(ctx, t)
+		}()
+	}
+	// MTA-STS applies to recipient domains only (RFC 8461 section 3.4),
+	// not to a "[host]" next hop or a host with its own port.
+	if g.sts != nil && !t.Direct && t.Port == 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := g.sts.Lookup(ctx, t.Name)
+			f.STSNote = r.Outcome.String()
+			if r.OK {
+				p := r.Policy
+				f.STS = &p
+			}
+		}()
+	}
+	f.Probe = g.probe.Probe(ctx, t)
+	wg.Wait()
+	return f
+}
+
+func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target) (dane.Verdict, string) {
+	if t.Direct {
+		port := t.Port
+		if port == 0 {
+			port = 25
+		}
+		h := g.dane.CheckHost(ctx, t.Name, port)
+		return h.Status.Verdict(), h.Detail
+	}
+	if t.Port != 0 && t.Port != 25 {
+		return dane.NoDANE, "DANE is checked for port 25 deliveries only"
+	}
+	r := g.dane.Check(ctx, t.Name)
+	return r.Verdict, r.Detail
+}
+
+// published is what a destination publishes, as a level and the answer
+// text that carries it, if any source applies. DANE comes before MTA-STS
+// (RFC 8461 section 2: where both exist, DANE is used). A DANE lookup that
+// failed gives nothing here: the floor and the other evidence hold.
+func (p *Policy) published(rule *Rule, k Key, f Findings) (Level, Answer, string) {
+	s := p.Settings
+	if s.DANEEnabled && rule.DANE {
+		switch f.DANE {
+		case dane.DANEOnly:
+			return LevelDaneOnly, p.answers[LevelDaneOnly], "DANE: usable TLSA records at every MX"
+		case dane.MixedDANE:
+			return LevelDane, p.answers[LevelDane], "DANE: usable TLSA records at some MX"
+		case dane.EncryptOnly:
+			return LevelEncrypt, p.answers[LevelEncrypt], "DANE: TLSA records published but none usable: TLS without authentication"
+		}
+	}
+	if s.MTASTSEnabled && rule.MTASTS && k.Kind == KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
+		return LevelSecure, Answer{Status: StatusOK, Text: renderSTS(*f.STS, s.MinimumTLS, s.PostfixVersion)},
+			"MTA-STS policy in enforce mode (id " + f.STS.ID + ")"
+	}
+	return LevelUnset, Answer{}, ""
+}
+
+// renderSTS writes an enforced MTA-STS policy as a Postfix "secure"
+// policy whose certificate names are the policy's mx patterns. servername=
+// needs Postfix 3.4 and protocols=>= 3.6; older releases get neither
+// attribute they cannot parse (SNI is then left out, which some servers
+// need; RFC 8461 section 4.2).
+func renderSTS(pol mtasts.Policy, minTLS string, v Version) string {
+	var b strings.Builder
+	b.WriteString("secure match=")
+	b.WriteString(pol.PostfixMatch())
+	if v.AtLeast(3, 4) {
+		b.WriteString(" servername=hostname")
+	}
+	b.WriteString(strings.TrimPrefix(renderPolicy(LevelSecure, minTLS, v), "secure"))
+	return b.String()
+}
