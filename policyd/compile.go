@@ -1,0 +1,381 @@
+package policyd
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tlspolicyd/tlspolicyd/dane"
+)
+
+// Compile turns a parsed Config into a Policy, checking every value and
+// naming the line of each problem (see compiler).
+
+// maxProbeWait bounds probe.wait: Postfix gives a table lookup 100 s
+// before it fails, and a waiting lookup holds up a delivery process.
+const maxProbeWait = 60 * time.Second
+
+// compiler collects every problem of one file with its line.
+type compiler struct {
+	file string
+	root *yaml.Node
+	errs ConfigErrors
+}
+
+func (c *compiler) errorf(path []any, format string, args ...any) {
+	c.errs = append(c.errs, ConfigError{File: c.file, Line: lineOf(c.root, path...), Msg: fmt.Sprintf(format, args...)})
+}
+
+func (c *compiler) duration(d *time.Duration, s string, allowZero bool, path ...any) {
+	v, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		c.errorf(path, "%s: invalid duration %q (write e.g. 500ms, 30s, 10m, 6h)", pathString(path), s)
+	case v < 0 || (v == 0 && !allowZero):
+		c.errorf(path, "%s: duration must be greater than zero, got %q", pathString(path), s)
+	default:
+		*d = v
+	}
+}
+
+func pathString(path []any) string {
+	var b strings.Builder
+	for _, p := range path {
+		switch p := p.(type) {
+		case string:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(p)
+		case int:
+			fmt.Fprintf(&b, "[%d]", p)
+		}
+	}
+	return b.String()
+}
+
+// Compile validates cfg and builds the Policy. root is the parsed YAML tree
+// (nil for an empty file), used only to name lines in errors.
+func Compile(file string, cfg Config, root *yaml.Node) (*Policy, error) {
+	c := &compiler{file: file, root: root}
+	p := &Policy{
+		File:     file,
+		exact:    make(map[string]*Rule),
+		parent:   make(map[string]*Rule),
+		verbatim: make(map[string]*Rule),
+	}
+	c.settings(&p.Settings, cfg)
+	c.defaults(p, cfg)
+	c.destinations(p, cfg)
+	c.classes(p, cfg)
+	if len(c.errs) > 0 {
+		sortErrors(c.errs)
+		return nil, c.errs
+	}
+	for l := LevelNone; l <= LevelDaneOnly; l++ {
+		p.answers[l] = Answer{Status: StatusOK, Text: renderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)}
+	}
+	return p, nil
+}
+
+func (c *compiler) settings(s *Settings, cfg Config) {
+	s.Listen = cfg.Listen
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"socketmap", cfg.Listen.Socketmap}, {"tcptable", cfg.Listen.TCPTable},
+		{"policy", cfg.Listen.Policy}, {"exim", cfg.Listen.Exim}, {"http", cfg.Listen.HTTP},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if err := checkListenAddr(l.addr); err != nil {
+			c.errorf([]any{"listen", l.key}, "listen.%s: %v", l.key, err)
+		} else if other, dup := seen[l.addr]; dup && !strings.HasSuffix(l.addr, ":0") {
+			c.errorf([]any{"listen", l.key}, "listen.%s: %s is already used by listen.%s", l.key, l.addr, other)
+		}
+		seen[l.addr] = l.key
+	}
+	if mode, err := strconv.ParseUint(cfg.Listen.SocketMode, 8, 32); err != nil || mode > 0o777 {
+		c.errorf([]any{"listen", "socket_mode"}, "listen.socket_mode: %q is not an octal file mode (write e.g. \"0666\" or \"0660\")", cfg.Listen.SocketMode)
+	} else {
+		s.SocketMode = os.FileMode(mode)
+	}
+
+	for i, srv := range cfg.DNS.Servers {
+		addr, err := normalizeDNSServer(srv)
+		if err != nil {
+			c.errorf([]any{"dns", "servers", i}, "dns.servers[%d]: %v", i, err)
+			continue
+		}
+		s.DNSServers = append(s.DNSServers, addr)
+	}
+	c.duration(&s.DNSTimeout, cfg.DNS.Timeout, false, "dns", "timeout")
+
+	if cfg.Probe.Port < 1 || cfg.Probe.Port > 65535 {
+		c.errorf([]any{"probe", "port"}, "probe.port: %d is not a port from 1 to 65535 (SMTP is 25)", cfg.Probe.Port)
+	}
+	s.ProbePort = cfg.Probe.Port
+	if cfg.Probe.Helo != "" {
+		if _, err := normalizeName(cfg.Probe.Helo); err != nil || strings.ContainsAny(cfg.Probe.Helo, ":[]") {
+			c.errorf([]any{"probe", "helo"}, "probe.helo: %q is not a host name (write the fully qualified name of this machine, or leave it empty)", cfg.Probe.Helo)
+		}
+	}
+	s.ProbeHelo = cfg.Probe.Helo
+	c.duration(&s.ProbeTimeout, cfg.Probe.Timeout, false, "probe", "timeout")
+	c.duration(&s.ProbeTTL, cfg.Probe.TTL, false, "probe", "ttl")
+	c.duration(&s.ProbeNegTTL, cfg.Probe.NegativeTTL, false, "probe", "negative_ttl")
+	c.duration(&s.ProbeWait, cfg.Probe.Wait, true, "probe", "wait")
+	if s.ProbeWait > maxProbeWait {
+		c.errorf([]any{"probe", "wait"}, "probe.wait: %s is too long: a lookup blocks the Postfix process that asked (write at most %s; 5s is typical)", s.ProbeWait, maxProbeWait)
+	}
+	c.caFile(cfg.Probe.CAFile, "probe", "ca_file")
+	s.ProbeCAFile = cfg.Probe.CAFile
+	s.AllowPrivate = cfg.Probe.AllowPrivate
+
+	if cfg.State.Path == "" {
+		c.errorf([]any{"state", "path"}, "state.path: must name a file (e.g. /var/lib/tlspolicyd/state.db)")
+	}
+	s.StatePath = cfg.State.Path
+	c.duration(&s.PinTTL, cfg.State.PinTTL, false, "state", "pin_ttl")
+
+	s.MTASTSEnabled = cfg.MTASTS.Enabled
+	c.caFile(cfg.MTASTS.CAFile, "mtasts", "ca_file")
+	s.MTASTSCAFile = cfg.MTASTS.CAFile
+
+	s.DANEEnabled = cfg.DANE.Enabled
+	if s.DANEEnabled && !dane.AllLoopback(s.DNSServers) {
+		c.errorf([]any{"dane", "enabled"}, "dane.enabled: DANE needs a local validating resolver: set dns.servers to loopback addresses only (e.g. [\"127.0.0.1:53\"]), as Postfix requires")
+	}
+
+	v, err := parseVersion(cfg.PostfixVersion)
+	if err != nil {
+		c.errorf([]any{"postfix_version"}, "%v", err)
+	}
+	s.PostfixVersion = v
+
+	s.MinimumTLS = cfg.MinimumTLS
+	if !contains(tlsVersions, cfg.MinimumTLS) {
+		c.errorf([]any{"minimum_tls"}, "minimum_tls: %q is not a TLS version (write one of %s)", cfg.MinimumTLS, strings.Join(tlsVersions, ", "))
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// checkListenAddr accepts "host:port" with a numeric port, and "unix:/path".
+func checkListenAddr(addr string) error {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("%q: a unix socket needs an absolute path (write unix:/run/tlspolicyd/socketmap.sock)", addr)
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not an address (write host:port like 127.0.0.1:10028, or unix:/path)", addr)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		if _, err := normalizeName(host); err != nil {
+			return fmt.Errorf("%q: %q is neither an IP address nor a host name", addr, host)
+		}
+	}
+	return nil
+}
+
+// normalizeDNSServer accepts "ip" or "ip:port" and returns "ip:port".
+func normalizeDNSServer(s string) (string, error) {
+	if ip := net.ParseIP(strings.Trim(s, "[]")); ip != nil {
+		return net.JoinHostPort(ip.String(), "53"), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || net.ParseIP(host) == nil {
+		return "", fmt.Errorf("%q is not a resolver address (write an IP address and port, e.g. 127.0.0.1:53)", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "", fmt.Errorf("%q: port %q is not a number from 1 to 65535", s, port)
+	}
+	return s, nil
+}
+
+
+// caFile checks that a trust-anchor file, when given, holds at least one
+// PEM certificate: a typo here would otherwise surface only as failed
+// verifications hours later.
+func (c *compiler) caFile(path string, keys ...any) {
+	if path == "" {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		c.errorf(keys, "%s: %v", pathString(keys), err)
+		return
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(data) {
+		c.errorf(keys, "%s: %s holds no PEM certificate", pathString(keys), path)
+	}
+}
+
+func (c *compiler) level(s string, path ...any) Level {
+	l, err := ParseLevel(s)
+	if err != nil {
+		c.errorf(path, "%s: %v", pathString(path), err)
+	}
+	return l
+}
+
+func (c *compiler) upgrade(s string, path ...any) Upgrade {
+	u, err := parseUpgrade(s)
+	if err != nil {
+		c.errorf(path, "%s: %v", pathString(path), err)
+	}
+	return u
+}
+
+func (c *compiler) defaults(p *Policy, cfg Config) {
+	p.Defaults = &Rule{
+		Index:   -1,
+		Line:    lineOf(c.root, "defaults"),
+		Level:   c.level(cfg.Defaults.Level, "defaults", "level"),
+		Upgrade: c.upgrade(cfg.Defaults.Upgrade, "defaults", "upgrade"),
+		MTASTS:  true,
+		DANE:    true,
+	}
+}
+
+func (c *compiler) destinations(p *Policy, cfg Config) {
+	for i, d := range cfg.Destinations {
+		path := []any{"destinations", i}
+		at := func(key string) []any { return append(path[:2:2], key) }
+		r := &Rule{
+			Index:    i,
+			Match:    d.Match,
+			Line:     lineOf(c.root, path...),
+			Level:    p.Defaults.Level,
+			Upgrade:  p.Defaults.Upgrade,
+			Fallback: d.Fallback,
+			MTASTS:   d.MTASTS == nil || *d.MTASTS,
+			DANE:     d.DANE == nil || *d.DANE,
+		}
+		if d.Level != "" {
+			r.Level = c.level(d.Level, at("level")...)
+		}
+		if d.Upgrade != "" {
+			r.Upgrade = c.upgrade(d.Upgrade, at("upgrade")...)
+		}
+		if d.OnFail != "" {
+			r.OnFail = c.onFail(d.OnFail, at("on_fail")...)
+		}
+		c.fallback(r.OnFail, d.Fallback, path)
+		c.index(p, r, at("match"))
+		p.Rules = append(p.Rules, r)
+	}
+}
+
+// index adds a rule to the lookup maps by the form of its pattern.
+func (c *compiler) index(p *Policy, r *Rule, path []any) {
+	if r.Match == "" {
+		c.errorf(path, "%s: every destination rule needs a match (e.g. example.org, .example.org or \"[mx.example.org]:25\")", pathString(path[:2]))
+		return
+	}
+	k, err := ParseKey(r.Match)
+	if err != nil {
+		c.errorf(path, "%s: %v (write example.org, .example.org, \"[host]\", \"[host]:port\" or host:port)", pathString(path), err)
+		return
+	}
+	m := map[KeyKind]map[string]*Rule{KeyDomain: p.exact, KeyParent: p.parent, KeyVerbatim: p.verbatim}[k.Kind]
+	if prev, dup := m[k.Name]; dup {
+		c.errorf(path, "%s: %q is already matched by destinations[%d] (line %d); this rule could never apply", pathString(path), r.Match, prev.Index, prev.Line)
+		return
+	}
+	m[k.Name] = r
+}
+
+func (c *compiler) onFail(s string, path ...any) OnFail {
+	o, err := parseOnFail(s)
+	if err != nil {
+		c.errorf(path, "%s: %v", pathString(path), err)
+	}
+	return o
+}
+
+var transportRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$`)
+
+// fallback checks a "transport:nexthop" route and that on_fail: fallback
+// has one.
+func (c *compiler) fallback(o OnFail, fb string, path []any) {
+	at := append(path[:len(path):len(path)], "fallback")
+	switch {
+	case fb != "" && !transportRE.MatchString(fb):
+		c.errorf(at, "%s: %q is not a transport:nexthop route (write e.g. \"smtp:[gateway.example.org]:2525\")", pathString(at), fb)
+	case fb == "" && o == OnFailFallback:
+		c.errorf(append(path[:len(path):len(path)], "on_fail"), "%s: on_fail is fallback but no fallback route is set (add fallback: \"smtp:[gateway.example.org]:2525\")", pathString(path))
+	}
+}
+
+// reservedMaps are socketmap names that a class may not take.
+var reservedMaps = map[string]bool{"tlspolicy": true, "transport": true}
+
+var classNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+const defaultClassMessage = "recipient domain cannot receive mail with the required TLS protection"
+
+func (c *compiler) classes(p *Policy, cfg Config) {
+	names := map[string]int{}
+	p.senders = newSenderIndex()
+	for i, cc := range cfg.Classes {
+		path := []any{"classes", i}
+		at := func(key string) []any { return append(path[:2:2], key) }
+		cl := &Class{Name: cc.Name, Line: lineOf(c.root, path...), OnFail: OnFailReject, Fallback: cc.Fallback, Message: cc.Message}
+		switch {
+		case !classNameRE.MatchString(cc.Name):
+			c.errorf(at("name"), "classes[%d].name: %q is not a class name (lower-case letters, digits, - and _; it becomes a socketmap name)", i, cc.Name)
+		case reservedMaps[cc.Name]:
+			c.errorf(at("name"), "classes[%d].name: %q is reserved for a built-in map; choose another name", i, cc.Name)
+		default:
+			if prev, dup := names[cc.Name]; dup {
+				c.errorf(at("name"), "classes[%d].name: %q is already the name of classes[%d]", i, cc.Name, prev)
+			}
+			names[cc.Name] = i
+		}
+		if cc.Level == "" {
+			c.errorf(at("level"), "classes[%d]: a class needs a level (e.g. level: verify)", i)
+		} else {
+			cl.Level = c.level(cc.Level, at("level")...)
+		}
+		if cc.OnFail != "" {
+			cl.OnFail = c.onFail(cc.OnFail, at("on_fail")...)
+		}
+		c.fallback(cl.OnFail, cc.Fallback, path)
+		if cl.Message == "" {
+			cl.Message = defaultClassMessage
+		} else if strings.ContainsAny(cl.Message, "\r\n") {
+			c.errorf(at("message"), "classes[%d].message: must be one line (it becomes an SMTP reply text)", i)
+		}
+		if len(cc.Senders) == 0 {
+			c.errorf(at("senders"), "classes[%d]: a class needs senders (e.g. senders: [\"@clinic.example.org\"])", i)
+		}
+		for j, s := range cc.Senders {
+			sp := append(at("senders"), j)
+			if err := p.senders.add(s, cl); err != nil {
+				c.errorf(sp, "classes[%d].senders[%d]: %v", i, j, err)
+			}
+		}
+		p.Classes = append(p.Classes, cl)
+	}
+}
