@@ -213,7 +213,6 @@ func normalizeDNSServer(s string) (string, error) {
 	return s, nil
 }
 
-
 // caFile checks that a trust-anchor file, when given, holds at least one
 // PEM certificate: a typo here would otherwise surface only as failed
 // verifications hours later.

@@ -535,4 +535,3 @@ func (s *Server) closeIdle() {
 		}
 	}
 }
-
