@@ -113,7 +113,7 @@ func (m *Metrics) Decision(v Verdict) {
 }
 
 // ProtocolMetrics are one protocol's collectors, resolved once. Per-request
-// counts go to striped counters (see requestStats); connection events are
+// counts go to per-connection counters (see requestStats); connection events are
 // rare and use ordinary collectors.
 type ProtocolMetrics struct {
 	*requestStats

@@ -12,59 +12,94 @@ import (
 // Request counting is on every lookup's path. Prometheus counters and
 // histograms are each one set of atomics shared by every goroutine; with
 // connections served on both CPUs, those cache lines bounce between cores
-// on every request, which measured at about a tenth of a lookup's CPU
-// time. requestStats keeps the same counts in stripes instead: each
-// connection updates its own stripe, and a scrape adds the stripes up.
-
-// numStripes spreads connections over this many sets of counters.
-const numStripes = 8
+// on every request, which measured at several percent of a lookup's CPU
+// time. So each connection counts into its own counters, which only its
+// goroutine writes; a scrape adds up the open connections' counters and
+// the totals of the closed ones.
 
 // durationBuckets are the request duration histogram's upper bounds, in
 // seconds: lookups answered from memory take microseconds; one that waited
 // for a probe takes up to probe.wait.
 var durationBuckets = []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5, 1, 5, 30}
 
-// stripe is one set of counters, padded so that stripes used by different
-// CPUs do not share a cache line.
-type stripe struct {
+// counters is one set of request counts: one connection's, or the totals
+// of closed connections. Atomic so that a scrape may read them while the
+// connection writes; uncontended, since one goroutine writes.
+type counters struct {
 	results [numResults]atomic.Uint64
 	buckets [17]atomic.Uint64 // len(durationBuckets)+1: the last is +Inf
 	sumNS   atomic.Uint64
-	_       [64]byte
+	_       [64]byte // keep neighbours off this cache line
+}
+
+// ConnStats are one connection's counters.
+type ConnStats struct {
+	counters
+	boundsNS []int64
+}
+
+// Request counts one request: its result and its duration.
+func (c *ConnStats) Request(r Result, d time.Duration) {
+	c.results[r].Add(1)
+	i := 0
+	for i < len(c.boundsNS) && int64(d) > c.boundsNS[i] {
+		i++
+	}
+	c.buckets[i].Add(1)
+	c.sumNS.Add(uint64(max(d, 0)))
 }
 
 // requestStats counts one protocol's requests by result, and their
 // durations.
 type requestStats struct {
-	stripes    [numStripes]stripe
-	boundsNS   []int64 // durationBuckets in nanoseconds
-	nextStripe atomic.Uint32
+	boundsNS []int64 // durationBuckets in nanoseconds
+	mu       sync.Mutex
+	open     map[*ConnStats]struct{}
+	closed   counters // totals of connections that have closed
 }
 
-// Stripe assigns a new connection its stripe, round robin.
-func (s *requestStats) Stripe() int {
-	return int(s.nextStripe.Add(1) % numStripes)
+// OpenConn returns the counters of a new connection.
+func (s *requestStats) OpenConn() *ConnStats {
+	c := &ConnStats{boundsNS: s.boundsNS}
+	s.mu.Lock()
+	s.open[c] = struct{}{}
+	s.mu.Unlock()
+	return c
 }
 
-// Request counts one request on a stripe: its result and its duration.
-func (s *requestStats) Request(stripe int, r Result, d time.Duration) {
-	st := &s.stripes[stripe%numStripes]
-	st.results[r].Add(1)
-	i := 0
-	for i < len(s.boundsNS) && int64(d) > s.boundsNS[i] {
-		i++
+// CloseConn adds a closed connection's counts to the totals.
+func (s *requestStats) CloseConn(c *ConnStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.open, c)
+	s.closed.add(&c.counters)
+}
+
+func (t *counters) add(c *counters) {
+	for i := range c.results {
+		t.results[i].Add(c.results[i].Load())
 	}
-	st.buckets[i].Add(1)
-	st.sumNS.Add(uint64(max(d, 0)))
+	for i := range c.buckets {
+		t.buckets[i].Add(c.buckets[i].Load())
+	}
+	t.sumNS.Add(c.sumNS.Load())
+}
+
+// snapshot returns the totals of every connection, open or closed.
+func (s *requestStats) snapshot() *counters {
+	var t counters
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.add(&s.closed)
+	for c := range s.open {
+		t.add(&c.counters)
+	}
+	return &t
 }
 
 // Count returns the number of requests with result r.
 func (s *requestStats) Count(r Result) uint64 {
-	var n uint64
-	for i := range s.stripes {
-		n += s.stripes[i].results[r].Load()
-	}
-	return n
+	return s.snapshot().results[r].Load()
 }
 
 // requestCollector exposes every protocol's requestStats as
@@ -92,7 +127,7 @@ func (c *requestCollector) protocol(name string) *requestStats {
 	if s := c.protocols[name]; s != nil {
 		return s
 	}
-	s := &requestStats{boundsNS: make([]int64, len(durationBuckets))}
+	s := &requestStats{boundsNS: make([]int64, len(durationBuckets)), open: make(map[*ConnStats]struct{})}
 	for i, b := range durationBuckets {
 		s.boundsNS[i] = int64(b * 1e9)
 	}
@@ -117,21 +152,17 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 		c.mu.Lock()
 		s := c.protocols[name]
 		c.mu.Unlock()
+		t := s.snapshot()
 		for r := Result(0); r < numResults; r++ {
-			ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Count(r)), name, r.String())
+			ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(t.results[r].Load()), name, r.String())
 		}
-		var count, sumNS uint64
+		var count uint64
 		cumulative := make(map[float64]uint64, len(durationBuckets))
 		for i, b := range durationBuckets {
-			for j := range s.stripes {
-				count += s.stripes[j].buckets[i].Load()
-			}
+			count += t.buckets[i].Load()
 			cumulative[b] = count
 		}
-		for j := range s.stripes {
-			count += s.stripes[j].buckets[len(durationBuckets)].Load()
-			sumNS += s.stripes[j].sumNS.Load()
-		}
-		ch <- prometheus.MustNewConstHistogram(c.duration, count, float64(sumNS)/1e9, cumulative, name)
+		count += t.buckets[len(durationBuckets)].Load()
+		ch <- prometheus.MustNewConstHistogram(c.duration, count, float64(t.sumNS.Load())/1e9, cumulative, name)
 	}
 }

@@ -100,7 +100,7 @@ type Conn struct {
 	// so that they are set only when they must move (see deadlineConn).
 	start                       time.Time
 	readDeadline, writeDeadline time.Time
-	stripe                      int // this connection's metric stripe
+	stats                       *ConnStats // this connection's request counters; nil without metrics
 }
 
 // Elapsed returns the time since the current request's first byte, for
@@ -126,8 +126,8 @@ func (c *Conn) Logger() *slog.Logger { return c.log }
 // CountRequest records one answered request: result is one of the Result
 // constants, d the time from the complete request to its reply.
 func (c *Conn) CountRequest(result Result, d time.Duration) {
-	if m := c.srv.Metrics; m != nil {
-		m.Request(c.stripe, result, d)
+	if c.stats != nil {
+		c.stats.Request(result, d)
 	}
 }
 
@@ -300,7 +300,7 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 	s.mu.Unlock()
 	if s.Metrics != nil {
 		s.Metrics.Open.Inc()
-		c.stripe = s.Metrics.Stripe()
+		c.stats = s.Metrics.OpenConn()
 	}
 	return c
 }
@@ -451,6 +451,7 @@ func (c *Conn) close() {
 	s.mu.Unlock()
 	if s.Metrics != nil {
 		s.Metrics.Open.Dec()
+		s.Metrics.CloseConn(c.stats)
 	}
 	s.wg.Done()
 }
