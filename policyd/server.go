@@ -131,6 +131,29 @@ func (c *Conn) CountRequest(result Result, d time.Duration) {
 	}
 }
 
+// rejectBadInput answers a request that could not be read. Bad input (err
+// wrapping tooLong or malformed) gets a reply framed by frame, is counted
+// and logged once, and closes the connection: after a framing error the
+// stream cannot be trusted to resynchronise. I/O errors (timeout, EOF
+// mid-request) have no one to answer and are returned as they are.
+func (c *Conn) rejectBadInput(err, tooLong, malformed error, protocol string, frame func(dst []byte, reason string) []byte) error {
+	var result Result
+	var reason string
+	switch {
+	case errors.Is(err, tooLong):
+		result, reason = ResultOversized, replyTooLongRequest
+	case errors.Is(err, malformed):
+		result, reason = ResultMalformed, err.Error()
+	default:
+		return err
+	}
+	c.Scratch = frame(c.Scratch[:0], reason)
+	_, werr := c.W.Write(c.Scratch)
+	c.CountRequest(result, c.Elapsed())
+	c.log.Warn("bad "+protocol+" request; closing connection", "err", err)
+	return errors.Join(err, werr)
+}
+
 // internName returns b as a string, reusing the string of an earlier request
 // on this connection when equal. Map names come from a handful of values, so
 // this saves converting (allocating) the name on every request.

@@ -68,26 +68,12 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	return nil
 }
 
-// badRequest answers a request that could not be read. Bad input gets a PERM
-// reply, is counted and logged once, and closes the connection: after a
-// framing error the stream cannot be trusted to resynchronise. I/O errors
-// (timeout, EOF mid-request) have no one to answer and are returned as is.
+// badRequest answers a request that could not be read with a PERM reply
+// (see Conn.rejectBadInput).
 func (sc *socketmapCodec) badRequest(c *Conn, err error) error {
-	var result Result
-	var reason string
-	switch {
-	case errors.Is(err, ErrNetstringTooLong):
-		result, reason = ResultOversized, replyTooLongRequest
-	case errors.Is(err, ErrNetstringMalformed):
-		result, reason = ResultMalformed, err.Error()
-	default:
-		return err
-	}
-	c.Scratch = appendNetstring(c.Scratch[:0], "PERM ", reason)
-	_, werr := c.W.Write(c.Scratch)
-	c.CountRequest(result, c.Elapsed())
-	c.log.Warn("bad socketmap request; closing connection", "err", err)
-	return errors.Join(err, werr)
+	return c.rejectBadInput(err, ErrNetstringTooLong, ErrNetstringMalformed, "socketmap", func(dst []byte, reason string) []byte {
+		return appendNetstring(dst, "PERM ", reason)
+	})
 }
 
 // splitSocketmapRequest splits a request payload at its first space into the

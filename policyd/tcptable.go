@@ -68,25 +68,13 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	return nil
 }
 
-// badRequest answers bad input with a 400 (tcp_table has no permanent error;
-// a 400 makes Postfix defer, which fails closed), counts and logs it once,
-// and closes the connection. I/O errors are returned as is.
+// badRequest answers bad input with a 400 (tcp_table has no permanent
+// error; a 400 makes Postfix defer, which fails closed; see
+// Conn.rejectBadInput).
 func (tc *tcpTableCodec) badRequest(c *Conn, err error) error {
-	var result Result
-	var reason string
-	switch {
-	case errors.Is(err, ErrTCPTableTooLong):
-		result, reason = ResultOversized, replyTooLongRequest
-	case errors.Is(err, ErrTCPTableMalformed):
-		result, reason = ResultMalformed, err.Error()
-	default:
-		return err
-	}
-	c.Scratch = appendTCPTableLine(c.Scratch[:0], "400 ", reason)
-	_, werr := c.W.Write(c.Scratch)
-	c.CountRequest(result, c.Elapsed())
-	c.log.Warn("bad tcp_table request; closing connection", "err", err)
-	return errors.Join(err, werr)
+	return c.rejectBadInput(err, ErrTCPTableTooLong, ErrTCPTableMalformed, "tcp_table", func(dst []byte, reason string) []byte {
+		return appendTCPTableLine(dst, "400 ", reason)
+	})
 }
 
 // parseTCPTableRequest checks a request line (without its terminator) and
