@@ -1,0 +1,291 @@
+package policyd
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+// Conn is one client connection as a codec sees it. R and W are buffered for
+// the connection's whole life; Buf and Scratch are scratch space that a codec
+// reuses from request to request (reslice to zero, append, store back), so
+// that a connection in steady state answers without allocating.
+type Conn struct {
+	R *bufio.Reader
+	W *bufio.Writer
+	// Buf holds the current request's payload, Scratch the reply being built.
+	Buf, Scratch []byte
+
+	nc    net.Conn
+	srv   *Server
+	log   *slog.Logger // carries protocol and remote address
+	state atomic.Uint32
+	names [4]string // recently seen map names, see internName
+	// start is when the current (or last) request's first byte arrived;
+	// deadlines are computed from it. The armed deadlines are remembered
+	// so that they are set only when they must move (see deadlineConn).
+	start                       time.Time
+	readDeadline, writeDeadline time.Time
+	stats                       *ConnStats // this connection's request counters; nil without metrics
+}
+
+// Elapsed returns the time since the current request's first byte, for
+// the request duration metric.
+func (c *Conn) Elapsed() time.Duration { return time.Since(c.start) }
+
+// Connection states. A connection moves idle -> active when a request's
+// first byte arrives and back when its reply is flushed; Shutdown closes only
+// connections it can move from idle to closed, so it never cuts a reply.
+const (
+	stateIdle uint32 = iota
+	stateActive
+	stateClosed
+)
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Logger returns the connection's logger, which already carries the protocol
+// and the remote address.
+func (c *Conn) Logger() *slog.Logger { return c.log }
+
+// CountRequest records one answered request: result is one of the Result
+// constants, d the time from the complete request to its reply.
+func (c *Conn) CountRequest(result Result, d time.Duration) {
+	if c.stats != nil {
+		c.stats.Request(result, d)
+	}
+}
+
+// rejectBadInput answers a request that could not be read. Bad input (err
+// wrapping tooLong or malformed) gets a reply framed by frame, is counted
+// and logged once, and closes the connection: after a framing error the
+// stream cannot be trusted to resynchronise. I/O errors (timeout, EOF
+// mid-request) have no one to answer and are returned as they are.
+func (c *Conn) rejectBadInput(err, tooLong, malformed error, protocol string, frame func(dst []byte, reason string) []byte) error {
+	var result Result
+	var reason string
+	switch {
+	case errors.Is(err, tooLong):
+		result, reason = ResultOversized, replyTooLongRequest
+	case errors.Is(err, malformed):
+		result, reason = ResultMalformed, err.Error()
+	default:
+		return err
+	}
+	c.Scratch = frame(c.Scratch[:0], reason)
+	_, werr := c.W.Write(c.Scratch)
+	c.CountRequest(result, c.Elapsed())
+	c.log.Warn("bad "+protocol+" request; closing connection", "err", err)
+	return errors.Join(err, werr)
+}
+
+// internName returns b as a string, reusing the string of an earlier request
+// on this connection when equal. Map names come from a handful of values, so
+// this saves converting (allocating) the name on every request.
+func (c *Conn) internName(b []byte) string {
+	for i, s := range c.names {
+		if s != "" && s == string(b) { // the comparison does not allocate
+			return c.names[i]
+		}
+	}
+	s := string(b)
+	copy(c.names[1:], c.names[:len(c.names)-1])
+	c.names[0] = s
+	return s
+}
+
+// newConn registers an accepted connection, or closes it and returns nil if
+// the server is over its connection cap or shutting down.
+func (s *Server) newConn(nc net.Conn) *Conn {
+	s.mu.Lock()
+	if s.inShutdown.Load() {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	if len(s.conns) >= s.maxConns() {
+		s.mu.Unlock()
+		remote := nc.RemoteAddr().String()
+		nc.Close()
+		if s.Metrics != nil {
+			s.Metrics.Rejected.Inc()
+		}
+		s.logger().Warn("connection refused: too many connections",
+			"protocol", s.Protocol, "remote", remote, "max_conns", s.maxConns())
+		return nil
+	}
+	c := &Conn{
+		nc:    nc,
+		srv:   s,
+		log:   s.logger().With("protocol", s.Protocol, "remote", nc.RemoteAddr().String()),
+		start: time.Now(), // the idle timeout runs from here until the first request
+	}
+	c.R = bufio.NewReader(deadlineConn{c})
+	c.W = bufio.NewWriter(deadlineConn{c})
+	s.conns[c] = struct{}{}
+	s.wg.Add(1) // under mu, ordered before Shutdown's Wait by inShutdown
+	s.mu.Unlock()
+	if s.Metrics != nil {
+		s.Metrics.Open.Inc()
+		c.stats = s.Metrics.OpenConn()
+	}
+	return c
+}
+
+// serve runs the connection's request loop. A panic in the codec closes this
+// connection only; the daemon and its other connections carry on.
+func (c *Conn) serve() {
+	s := c.srv
+	defer func() {
+		if v := recover(); v != nil {
+			if s.Metrics != nil {
+				s.Metrics.Panics.Inc()
+			}
+			c.log.Error("panic serving connection; closing it", "panic", v, "stack", string(debug.Stack()))
+		}
+		c.close()
+	}()
+	for {
+		err := c.serveOne()
+		if err == nil {
+			continue
+		}
+		c.logEnd(err)
+		return
+	}
+}
+
+// errIdleClosed ends the loop of a connection that Shutdown closed while it
+// was idle, or that went idle during a shutdown.
+var errIdleClosed = errors.New("connection closed by shutdown")
+
+// serveOne waits for the next request and serves it. It is the per-request
+// path: no shared lock, no allocation, and deadlines are armed by
+// deadlineConn only when a read or write may block.
+func (c *Conn) serveOne() error {
+	s := c.srv
+	if _, err := c.R.Peek(1); err != nil {
+		if c.state.Load() == stateClosed {
+			return errIdleClosed
+		}
+		return idleError{err}
+	}
+	if !c.state.CompareAndSwap(stateIdle, stateActive) {
+		return errIdleClosed // Shutdown got here first
+	}
+	c.start = time.Now()
+	err := s.Codec.ServeRequest(s.ctx, c)
+	// Flush even on error: a codec that closes on bad input has written
+	// the reason.
+	if ferr := c.W.Flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return err
+	}
+	if !c.state.CompareAndSwap(stateActive, stateIdle) {
+		return errIdleClosed // Close cut the connection
+	}
+	if s.inShutdown.Load() {
+		// Shutdown began while this request was in flight; its reply is
+		// written, so the connection may go.
+		return errIdleClosed
+	}
+	return nil
+}
+
+// deadlineSlack is how far a deadline may lag behind its ideal value before
+// it is moved. Setting a deadline updates a timer in the runtime's poller,
+// which costs about as much as answering a cached lookup; re-arming at most
+// once a second per connection keeps it off the per-request path.
+const deadlineSlack = time.Second
+
+// deadlineConn is the connection as its bufio reader and writer see it.
+// bufio calls Read only when it has no buffered bytes left, so a request
+// that arrived whole costs no deadline at all; a read while idle is bounded
+// by IdleTimeout from the last request, a read in the middle of a request
+// and every write by RequestTimeout from the request's first byte.
+type deadlineConn struct{ c *Conn }
+
+func (d deadlineConn) Read(p []byte) (int, error) {
+	c := d.c
+	var want time.Time
+	if c.state.Load() == stateActive {
+		want = c.start.Add(c.srv.requestTimeout())
+	} else {
+		want = c.start.Add(c.srv.idleTimeout())
+	}
+	if !armed(c.readDeadline, want) {
+		c.nc.SetReadDeadline(want)
+		c.readDeadline = want
+	}
+	return c.nc.Read(p)
+}
+
+func (d deadlineConn) Write(p []byte) (int, error) {
+	c := d.c
+	want := c.start.Add(c.srv.requestTimeout())
+	if !armed(c.writeDeadline, want) {
+		c.nc.SetWriteDeadline(want)
+		c.writeDeadline = want
+	}
+	return c.nc.Write(p)
+}
+
+// armed reports whether the deadline cur may stand for want: not later,
+// and earlier by less than deadlineSlack.
+func armed(cur, want time.Time) bool {
+	return !cur.After(want) && want.Sub(cur) < deadlineSlack
+}
+
+// idleError is a read error while waiting for a request to begin.
+type idleError struct{ err error }
+
+func (e idleError) Error() string { return "waiting for a request: " + e.err.Error() }
+func (e idleError) Unwrap() error { return e.err }
+
+// logEnd logs why a connection ends, at a level fitting the cause. Codecs
+// log bad input themselves (once), so closing after it is only debug.
+func (c *Conn) logEnd(err error) {
+	var idle idleError
+	switch {
+	case errors.Is(err, errIdleClosed), errors.Is(err, net.ErrClosed):
+		return
+	case errors.As(err, &idle):
+		switch {
+		case errors.Is(err, io.EOF):
+			// The peer closed between requests: the normal end.
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.log.Debug("closing idle connection", "idle_timeout", c.srv.idleTimeout())
+		default:
+			c.log.Debug("connection lost while idle", "err", err)
+		}
+	case errors.Is(err, io.EOF):
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.log.Warn("request timed out; closing connection", "request_timeout", c.srv.requestTimeout())
+	default:
+		c.log.Debug("closing connection", "err", err)
+	}
+}
+
+// close closes the connection and forgets it.
+func (c *Conn) close() {
+	c.state.Store(stateClosed)
+	c.nc.Close()
+	s := c.srv
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if s.Metrics != nil {
+		s.Metrics.Open.Dec()
+		s.Metrics.CloseConn(c.stats)
+	}
+	s.wg.Done()
+}
