@@ -111,6 +111,9 @@ func check(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(stderr, "%s (warning)\n", w)
+	}
 	fmt.Fprintf(stdout, "%s: valid (%d destination rules, %d sender classes)\n", config, len(p.Rules), len(p.Classes))
 	return 0
 }
@@ -223,6 +226,9 @@ func serve(args []string, stderr io.Writer) int {
 	if err := d.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
+	}
+	for _, w := range p.Warnings {
+		log.Warn("configuration", "warning", w.Error())
 	}
 	log.Info("tlspolicyd started", "version", version(), "config", config,
 		"rules", len(p.Rules), "classes", len(p.Classes))

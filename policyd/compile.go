@@ -24,9 +24,16 @@ const maxProbeWait = 60 * time.Second
 
 // compiler collects every problem of one file with its line.
 type compiler struct {
-	file string
-	root *yaml.Node
-	errs ConfigErrors
+	file     string
+	root     *yaml.Node
+	errs     ConfigErrors
+	warnings ConfigErrors
+}
+
+// fallbackNexthop is the next hop of a "transport:nexthop" route.
+func fallbackNexthop(route string) string {
+	_, nexthop, _ := strings.Cut(route, ":")
+	return nexthop
 }
 
 func (c *compiler) errorf(path []any, format string, args ...any) {
@@ -82,6 +89,7 @@ func Compile(file string, cfg Config, root *yaml.Node) (*Policy, error) {
 	for l := LevelNone; l <= LevelDaneOnly; l++ {
 		p.answers[l] = Answer{Status: StatusOK, Text: renderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)}
 	}
+	p.Warnings = c.warnings
 	return p, nil
 }
 
@@ -361,6 +369,14 @@ func (c *compiler) classes(p *Policy, cfg Config) {
 			cl.OnFail = c.onFail(cc.OnFail, at("on_fail")...)
 		}
 		c.fallback(cl.OnFail, cc.Fallback, path)
+		if cl.OnFail == OnFailFallback && cl.Level >= LevelVerify && !strings.HasPrefix(cc.Fallback, ClassTransport(cc.Name)+":") {
+			// FILTER sends the message through the named transport, whose
+			// smtp_tls_policy_maps is normally the default map: the
+			// fallback hop then gets that map's answer, not the class level.
+			c.warnings = append(c.warnings, ConfigError{File: c.file, Line: lineOf(c.root, "classes", i, "fallback"),
+				Msg: fmt.Sprintf("classes[%d].fallback: %q is delivered with the default policy map, not at the class level %s; use the class transport (%q) or add a destination rule for its next hop",
+					i, cc.Fallback, cl.Level, ClassTransport(cc.Name)+":"+fallbackNexthop(cc.Fallback))})
+		}
 		if cl.Message == "" {
 			cl.Message = defaultClassMessage
 		} else if strings.ContainsAny(cl.Message, "\r\n") {

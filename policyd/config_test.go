@@ -140,3 +140,23 @@ func TestLoadFileMissing(t *testing.T) {
 		t.Errorf("error = %v", err)
 	}
 }
+
+func TestClassFallbackWarning(t *testing.T) {
+	t.Parallel()
+	p := mustLoad(t, `classes:
+  - name: phi
+    senders: ["@clinic.test"]
+    level: verify
+    on_fail: fallback
+    fallback: "smtp:[gateway.test]:2525"
+  - name: ok
+    senders: ["@ok.test"]
+    level: verify
+    on_fail: fallback
+    fallback: "smtp-ok:[gateway.test]:2525"
+`)
+	if len(p.Warnings) != 1 || p.Warnings[0].Line != 6 ||
+		!strings.Contains(p.Warnings[0].Msg, `use the class transport ("smtp-phi:[gateway.test]:2525")`) {
+		t.Errorf("warnings = %v, want one for classes[0].fallback at line 6", p.Warnings)
+	}
+}

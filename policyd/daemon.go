@@ -278,6 +278,9 @@ func (d *Daemon) Reload() error {
 		d.log.Warn("dns, probe or minimum_tls settings changed; probes use the new ones after the next restart")
 	}
 	d.Engine.SetPolicy(p)
+	for _, w := range p.Warnings {
+		d.log.Warn("configuration", "warning", w.Error())
+	}
 	d.metrics.Reload(true)
 	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
 	return nil

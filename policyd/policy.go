@@ -128,6 +128,9 @@ type Policy struct {
 	Defaults *Rule
 	Rules    []*Rule
 	Classes  []*Class
+	// Warnings are valid settings that probably do not do what was meant;
+	// `check` prints them and the daemon logs them.
+	Warnings ConfigErrors
 
 	exact    map[string]*Rule // "example.org"
 	parent   map[string]*Rule // "example.org" for a ".example.org" rule
