@@ -43,6 +43,11 @@ type options struct {
 	conns    []int
 	rounds   int
 	json     bool
+	// serverCPU, when not empty, pins both servers to these CPUs (a
+	// taskset list) so that CPU placement, which makes single-connection
+	// runs bimodal on small VMs, is the same for both; run the load
+	// generator itself with taskset on the other CPUs.
+	serverCPU string
 }
 
 func main() {
@@ -60,6 +65,7 @@ func main() {
 	flag.StringVar(&conns, "conns", "1,8,64", "comma-separated connection counts")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs per target and concurrency; the median is reported")
 	flag.BoolVar(&o.json, "json", false, "print JSON instead of tables")
+	flag.StringVar(&o.serverCPU, "server-cpus", "", "pin both servers to these CPUs with taskset (e.g. 1); run loadgen itself under taskset -c 0")
 	flag.Parse()
 	var err error
 	if o.conns, err = parseConns(conns); err != nil || o.bin == "" || o.rounds < 1 ||
@@ -136,12 +142,12 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	ref, err := startChild(ctx, "reference", self, []string{"-reference-server", refAddr}, refAddr, dir)
+	ref, err := startChild(ctx, "reference", o.pinned(self, "-reference-server", refAddr), refAddr, dir)
 	if err != nil {
 		return err
 	}
 	defer ref.stop()
-	daemon, err := startChild(ctx, "daemon", bin, []string{"serve", "-config", config}, daemonAddr, dir)
+	daemon, err := startChild(ctx, "daemon", o.pinned(bin, "serve", "-config", config), daemonAddr, dir)
 	if err != nil {
 		return err
 	}
@@ -263,14 +269,23 @@ type child struct {
 
 // startChild runs path with args and waits (bounded) until addr accepts
 // connections, or fails at once if the process exits first.
-func startChild(ctx context.Context, name, path string, args []string, addr, dir string) (*child, error) {
+// pinned returns the command line of a server: argv itself, or run
+// through taskset (which execs it, so the process measured is the server).
+func (o options) pinned(argv ...string) []string {
+	if o.serverCPU == "" {
+		return argv
+	}
+	return append([]string{"taskset", "-c", o.serverCPU}, argv...)
+}
+
+func startChild(ctx context.Context, name string, argv []string, addr, dir string) (*child, error) {
 	c := &child{name: name, addr: addr, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 	logf, err := os.Create(c.log)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(path, args...)
+	c.cmd = exec.Command(argv[0], argv[1:]...)
 	c.cmd.Stdout = logf
 	c.cmd.Stderr = logf
 	if err := c.cmd.Start(); err != nil {
