@@ -787,3 +787,30 @@ func TestProbeMisbehavingServers(t *testing.T) {
 		})
 	}
 }
+
+// Cancelling the probe's context ends a step blocked on a silent server
+// at once, not at the step timeout.
+func TestProbeCancelEndsBlockedStep(t *testing.T) {
+	t.Parallel()
+	servers, port := startMX(t, fakemx.Host{IP: "127.0.0.2", Options: fakemx.Options{Tarpit: true}})
+	p := &Prober{AllowPrivate: true, Port: port, StepTimeout: time.Minute, Timeout: time.Minute, Helo: "probe.test"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan Result, 1)
+	go func() { done <- p.Probe(ctx, Target{Name: "127.0.0.2", Direct: true}) }()
+	// Cancel once the probe is connected and stuck waiting for the tarpit.
+	for deadline := time.Now().Add(10 * time.Second); servers[0].Stats().Connections == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the probe never connected")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case r := <-done:
+		if r.Capability != CapUnknown {
+			t.Errorf("cancelled probe = %v, want no evidence", r.Capability)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a cancelled probe kept waiting for the tarpit")
+	}
+}

@@ -158,6 +158,10 @@ func (p *Prober) converse(ctx context.Context, h *HostResult, addr netip.AddrPor
 		return &probeError{cause: netCause(err), err: err}
 	}
 	defer conn.Close()
+	// Deadlines bound each step; closing on cancellation ends a blocked
+	// read at once, so that shutting the daemon down does not wait for a
+	// tarpit's step timeout.
+	defer context.AfterFunc(ctx, func() { conn.Close() })()
 	s := &session{conn: conn, r: bufio.NewReaderSize(io.LimitReader(conn, maxPreTLS), maxReplyLine), step: p.step(), ctx: ctx}
 
 	code, _, err := s.reply()
