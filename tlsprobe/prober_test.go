@@ -309,6 +309,23 @@ func TestProbeTarpit(t *testing.T) {
 	}
 }
 
+// A tarpit that outlasts the whole probe's timeout, shorter than a step,
+// is a timeout too: the probe's deadline closes the connection under the
+// read, and that must not read as a broken server.
+func TestProbeTarpitWholeTimeout(t *testing.T) {
+	t.Parallel()
+	_, port := startMX(t, fakemx.Host{IP: "127.0.0.2", Options: fakemx.Options{Tarpit: true}})
+	d := fakedns.MustStart(t)
+	d.AddMX("example.test", 10, "mx.example.test")
+	d.AddA("mx.example.test", "127.0.0.2")
+	p := newProber(d, nil, port)
+	p.Timeout = 300 * time.Millisecond
+	for range 5 { // the close and the read deadline race; try it a few times
+		r := runProbe(t, p, Target{Name: "example.test"})
+		checkResult(t, r, CapUnknown, CauseTimeout, "")
+	}
+}
+
 // STARTTLS on the last line of a long EHLO reply is still found.
 func TestProbeSTARTTLSLast(t *testing.T) {
 	t.Parallel()

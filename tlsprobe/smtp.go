@@ -140,9 +140,15 @@ func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr n
 	err := p.converse(ctx, &h, addr)
 	if err != nil {
 		var pe *probeError
-		if errors.As(err, &pe) {
+		switch {
+		case ctx.Err() != nil && errors.Is(err, net.ErrClosed):
+			// The probe's deadline (or its cancellation) closed the
+			// connection under a read: a timeout, not a broken server.
+			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+			h.Cause = netCause(err)
+		case errors.As(err, &pe):
 			h.Cause = pe.cause
-		} else {
+		default:
 			h.Cause = netCause(err)
 		}
 		h.Detail = err.Error()
