@@ -39,8 +39,10 @@ type Answer struct {
 }
 
 // TableLookup answers Postfix table lookups: mapName is the socketmap name
-// ("tlspolicy", a class name, "transport"); key is the raw key Postfix sent.
-// The engine implements it; the wire codecs call it.
+// ("tlspolicy", a class name, "transport"); key is the raw key Postfix sent,
+// in the codec's buffer: valid only during the call, never retained, so
+// that a codec passes it without copying. The engine implements it; the
+// wire codecs call it.
 type TableLookup interface {
-	LookupTable(ctx context.Context, mapName, key string) Answer
+	LookupTable(ctx context.Context, mapName string, key []byte) Answer
 }

@@ -1,9 +1,9 @@
 package policyd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -82,9 +82,11 @@ type Decision struct {
 func (d Decision) Found() bool { return d.Answer.Status == StatusOK }
 
 // LookupTable answers one socketmap or tcp_table lookup. It is the hot
-// path: it reads the policy once, matches with map lookups on substrings
-// of the key and returns a prepared reply.
-func (e *Engine) LookupTable(ctx context.Context, mapName, key string) Answer {
+// path: it reads the policy once, normalises the key into a buffer on its
+// stack and matches it with map lookups, and returns a reply prepared when
+// the rules were loaded. Only a destination whose answer evidence could
+// raise goes on to the pins and the probe cache. key is not retained.
+func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) Answer {
 	p := e.policy.Load()
 	var class *Class
 	switch mapName {
@@ -92,7 +94,7 @@ func (e *Engine) LookupTable(ctx context.Context, mapName, key string) Answer {
 	case MapTransport:
 		return e.fallbackRoute(p, key)
 	case MapSenderTransport:
-		if c := p.senders.classFor(key); c != nil {
+		if c := p.senders.classFor(string(key)); c != nil {
 			return Answer{Status: StatusOK, Text: ClassTransport(c.Name) + ":"}
 		}
 		return Answer{Status: StatusNotFound}
@@ -101,7 +103,22 @@ func (e *Engine) LookupTable(ctx context.Context, mapName, key string) Answer {
 			return Answer{Status: StatusPerm, Text: "unknown map " + mapName}
 		}
 	}
-	return e.decide(ctx, p, key, class, p.Settings.ProbeWait).Answer
+	var buf [keyBufLen]byte
+	v, err := parseKey(buf[:0], key)
+	if err != nil {
+		return Answer{Status: StatusPerm, Text: err.Error()}
+	}
+	r := p.match(v.kind, v.name)
+	if r == nil {
+		return Answer{Status: StatusNotFound}
+	}
+	floor := p.floor(r, class)
+	if !e.consultsEvidence(p, r, v.kind, floor) {
+		return p.answers[floor]
+	}
+	d := Decision{Key: v.key(), Class: class, Rule: r, Floor: floor, Level: floor, Answer: p.answers[floor]}
+	e.raise(ctx, p, &d, p.Settings.ProbeWait)
+	return d.Answer
 }
 
 // Decide answers for a destination as the map for sender's class would,
@@ -115,23 +132,40 @@ func (e *Engine) Decide(ctx context.Context, destination, sender string, wait ti
 	return e.decide(ctx, p, destination, class, wait)
 }
 
-// decide applies the rules, then the evidence. Published policies (DANE,
-// then MTA-STS) apply whenever their source is enabled and the rule does
-// not opt out; otherwise a destination whose rule allows upgrades is
-// raised to what its pin and probe showed, capped by the rule's upgrade.
-// Evidence only ever raises: no probe outcome, failure or delay answers
-// below the floor.
+// decide applies the rules, then the evidence.
 func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class, wait time.Duration) Decision {
 	d := p.decide(raw, class)
-	if e.evidence == nil || !d.Found() {
-		return d
+	if d.Found() && e.consultsEvidence(p, d.Rule, d.Key.Kind, d.Floor) {
+		e.raise(ctx, p, &d, wait)
 	}
+	return d
+}
+
+// consultsEvidence reports whether a destination's answer needs more than
+// its rule: evidence could raise it (the floor is below the rule's upgrade
+// cap, or a published policy applies), or a pin of it needs keeping fresh.
+// A .parent key names no destination to probe, and dane-only is the
+// highest level there is.
+func (e *Engine) consultsEvidence(p *Policy, r *Rule, kind KeyKind, floor Level) bool {
+	if e.evidence == nil || kind == KeyParent || floor == LevelDaneOnly {
+		return false
+	}
+	return floor < r.Upgrade.Cap() || p.wantsPublished(r, kind) || e.pins.any()
+}
+
+// raise applies the evidence to a decision made from the rules. Published
+// policies (DANE, then MTA-STS) apply whenever their source is enabled and
+// the rule does not opt out; otherwise a destination whose rule allows
+// upgrades is raised to what its pin and probe showed, capped by the
+// rule's upgrade. Evidence only ever raises: no probe outcome, failure or
+// delay answers below the floor.
+func (e *Engine) raise(ctx context.Context, p *Policy, d *Decision, wait time.Duration) {
 	t, ok := d.Key.Target()
-	if !ok || d.Level == LevelDaneOnly {
-		return d // nothing to probe, or nothing stronger to find
+	if !ok {
+		return
 	}
 	limit := d.Rule.Upgrade.Cap()
-	wantPublished := p.wantsPublished(d.Rule, d.Key)
+	wantPublished := p.wantsPublished(d.Rule, d.Key.Kind)
 	// A pin answers at once, without waiting for a probe. The probe is
 	// still kept fresh in the background: a pin that is never re-probed
 	// would never be confirmed (it would lapse) and a downgrade never seen.
@@ -142,16 +176,16 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		}
 		if d.Level >= limit && !wantPublished {
 			e.refresh(t)
-			return d
+			return
 		}
 	}
 	if d.Level >= limit && !wantPublished {
-		return d // nothing evidence could add
+		return // nothing evidence could add
 	}
 	d.Findings, d.Probed = e.evidenceFor(ctx, d.Key, wait)
 	if !d.Probed {
 		d.Waited = true
-		return d
+		return
 	}
 	if l, a, why := p.published(d.Rule, d.Key, d.Findings); l != LevelUnset {
 		// A published policy decides when it protects at least as well as
@@ -159,19 +193,18 @@ func (e *Engine) decide(ctx context.Context, p *Policy, raw string, class *Class
 		if Stronger(d.Level, l) == l {
 			d.Level, d.Answer, d.Published = l, a, why
 		}
-		return d
+		return
 	}
 	if l := min(capabilityLevel(d.Findings.Probe.Capability), limit); l > d.Level {
 		d.Level, d.Answer = l, p.answers[l]
 	}
-	return d
 }
 
 // wantsPublished reports whether a published-policy source applies to a
 // destination: enabled in the settings and not opted out by its rule.
-func (p *Policy) wantsPublished(r *Rule, k Key) bool {
+func (p *Policy) wantsPublished(r *Rule, kind KeyKind) bool {
 	s := p.Settings
-	return (s.DANEEnabled && r.DANE) || (s.MTASTSEnabled && r.MTASTS && k.Kind == KeyDomain)
+	return (s.DANEEnabled && r.DANE) || (s.MTASTSEnabled && r.MTASTS && kind == KeyDomain)
 }
 
 // pinFor returns the valid pin of a target.
@@ -218,20 +251,21 @@ func (e *Engine) evidenceFor(ctx context.Context, k Key, wait time.Duration) (Fi
 // mail then goes direct under the rule's level (and defers if the
 // destination cannot meet it), and the next queue run finds the evidence.
 // Address keys ("user@domain") are NOTFOUND so Postfix asks for the domain.
-func (e *Engine) fallbackRoute(p *Policy, key string) Answer {
+func (e *Engine) fallbackRoute(p *Policy, key []byte) Answer {
 	notFound := Answer{Status: StatusNotFound}
-	if strings.IndexByte(key, '@') >= 0 {
+	if bytes.IndexByte(key, '@') >= 0 {
 		return notFound
 	}
-	k, err := ParseKey(key)
+	var buf [keyBufLen]byte
+	v, err := parseKey(buf[:0], key)
 	if err != nil {
 		return notFound
 	}
-	r := p.Match(k)
+	r := p.match(v.kind, v.name)
 	if r == nil || r.Fallback == "" || !r.Level.Encrypted() {
 		return notFound
 	}
-	f, ok := e.evidenceFor(context.Background(), k, 0)
+	f, ok := e.evidenceFor(context.Background(), v.key(), 0)
 	if res := f.Probe; !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
 		return notFound
 	}
@@ -259,12 +293,18 @@ func (p *Policy) decide(raw string, class *Class) Decision {
 		d.Answer = Answer{Status: StatusNotFound}
 		return d
 	}
-	d.Floor = d.Rule.Level
-	if class != nil {
-		d.Floor = Stronger(d.Floor, class.Level)
-	}
+	d.Floor = p.floor(d.Rule, class)
 	d.Level, d.Answer = d.Floor, p.answers[d.Floor]
 	return d
+}
+
+// floor is the level a rule sets for a class's mail: the rule's level,
+// raised to the class level.
+func (p *Policy) floor(r *Rule, class *Class) Level {
+	if class != nil {
+		return Stronger(r.Level, class.Level)
+	}
+	return r.Level
 }
 
 // classByName finds a class by its map name.
@@ -284,17 +324,21 @@ func (p *Policy) ClassFor(sender string) *Class { return p.senders.classFor(send
 // order among those that match. Domains fall back to the defaults; a
 // .parent key is answered only by .parent rules (nil otherwise), so that
 // Postfix's follow-up lookups do not shadow its own table order.
-func (p *Policy) Match(k Key) *Rule {
-	switch k.Kind {
+func (p *Policy) Match(k Key) *Rule { return p.match(k.Kind, []byte(k.Name)) }
+
+// match is Match on a normalised name held in bytes; indexing a map with
+// string(name) does not allocate.
+func (p *Policy) match(kind KeyKind, name []byte) *Rule {
+	switch kind {
 	case KeyVerbatim:
-		if r := p.verbatim[k.Name]; r != nil {
+		if r := p.verbatim[string(name)]; r != nil {
 			return r
 		}
 		return p.Defaults
 	case KeyParent:
-		return p.firstParent(k.Name, p.parent[k.Name])
+		return p.firstParent(name, p.parent[string(name)])
 	default:
-		if r := p.firstParent(k.Name, p.exact[k.Name]); r != nil {
+		if r := p.firstParent(name, p.exact[string(name)]); r != nil {
 			return r
 		}
 		return p.Defaults
@@ -303,12 +347,12 @@ func (p *Policy) Match(k Key) *Rule {
 
 // firstParent returns the earliest of best and the ".parent" rules for
 // every parent of name.
-func (p *Policy) firstParent(name string, best *Rule) *Rule {
-	for i := 0; i < len(name); i++ {
-		if name[i] != '.' {
+func (p *Policy) firstParent(name []byte, best *Rule) *Rule {
+	for i, c := range name {
+		if c != '.' {
 			continue
 		}
-		if r := p.parent[name[i+1:]]; r != nil && (best == nil || r.Index < best.Index) {
+		if r := p.parent[string(name[i+1:])]; r != nil && (best == nil || r.Index < best.Index) {
 			best = r
 		}
 	}

@@ -2,7 +2,10 @@ package policyd
 
 import (
 	"context"
+	"strings"
 	"testing"
+
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 const testRules = `
@@ -100,7 +103,7 @@ func TestLookupTable(t *testing.T) {
 		{"tlspolicy", ".", StatusPerm, ""},
 	}
 	for _, tt := range tests {
-		got := e.LookupTable(context.Background(), tt.mapName, tt.key)
+		got := e.LookupTable(context.Background(), tt.mapName, []byte(tt.key))
 		if got.Status != tt.status || (tt.text != "" && got.Text != tt.text) || (tt.status == StatusNotFound && got.Text != "") {
 			t.Errorf("LookupTable(%q, %q) = %v %q, want %v %q", tt.mapName, tt.key, got.Status, got.Text, tt.status, tt.text)
 		}
@@ -221,6 +224,10 @@ func TestParseKey(t *testing.T) {
 		{"mx.example.org:25", KeyVerbatim, "mx.example.org:25", "mx.example.org", 25},
 		{"[192.0.2.1]:25", KeyVerbatim, "[192.0.2.1]:25", "192.0.2.1", 25},
 		{"пример.рф", KeyDomain, "xn--e1afmkfd.xn--p1ai", "xn--e1afmkfd.xn--p1ai", 0},
+		{"MX.Example.org:0587", KeyVerbatim, "mx.example.org:587", "mx.example.org", 587},
+		{"[Relay.Example.NET]:00025", KeyVerbatim, "[relay.example.net]:25", "relay.example.net", 25},
+		{"[IPv6:2001:DB8::1]", KeyVerbatim, "[ipv6:2001:db8::1]", "ipv6:2001:db8::1", 0},
+		{"[IPv6:2001:DB8::1]:465", KeyVerbatim, "[ipv6:2001:db8::1]:465", "ipv6:2001:db8::1", 465},
 	}
 	for _, tt := range tests {
 		k, err := ParseKey(tt.raw)
@@ -228,35 +235,68 @@ func TestParseKey(t *testing.T) {
 			t.Errorf("ParseKey(%q) = %+v, %v", tt.raw, k, err)
 		}
 	}
-	for _, bad := range []string{"", "a b", "[x", "[x]y", "x:", "x:abc", "x:+25", "..", "a..b", "\x00", "[]"} {
+	for _, bad := range []string{"", "a b", "[x", "[x]y", "x:", "x:abc", "x:+25", "..", "a..", "a..b", "\x00", "[]",
+		"x:0", "x:65536", "x:-1", "[x]:", "[x]:99999999999999999999", ".", ".a..b"} {
 		if k, err := ParseKey(bad); err == nil {
 			t.Errorf("ParseKey(%q) = %+v, want an error", bad, k)
 		}
 	}
 }
 
+// FuzzParseKey checks the key parser on arbitrary input: no panic, and a
+// parsed key is canonical: lower case, and parsing its own spelling gives
+// it back.
+func FuzzParseKey(f *testing.F) {
+	for _, seed := range []string{"Example.ORG.", ".example.org", "[MX.example.org]:0025", "[IPv6:2001:DB8::1]", "mx.example.org:25", "пример.рф", "a..b", "[x]y"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		k, err := ParseKey(raw)
+		if err != nil {
+			return
+		}
+		if k.Name != strings.ToLower(k.Name) {
+			t.Fatalf("ParseKey(%q).Name = %q, not lower case", raw, k.Name)
+		}
+		again, err := ParseKey(k.String())
+		if err != nil || again != k {
+			t.Fatalf("ParseKey(%q) = %+v, but ParseKey(%q) = %+v, %v", raw, k, k.String(), again, err)
+		}
+	})
+}
+
 func TestReloadSwapsWholePolicy(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(mustLoad(t, testRules), nil)
 	e.SetPolicy(mustLoad(t, "destinations:\n  - {match: other.test, level: secure}\n"))
-	if got := e.LookupTable(context.Background(), "tlspolicy", "example.org"); got.Text != "may" {
+	if got := e.LookupTable(context.Background(), "tlspolicy", []byte("example.org")); got.Text != "may" {
 		t.Errorf("after swap example.org = %q, want may (old rules gone)", got.Text)
 	}
-	if got := e.LookupTable(context.Background(), "phi", "example.org"); got.Status != StatusPerm {
+	if got := e.LookupTable(context.Background(), "phi", []byte("example.org")); got.Status != StatusPerm {
 		t.Errorf("after swap the phi class is gone, got %v", got)
 	}
-	if got := e.LookupTable(context.Background(), "tlspolicy", "other.test"); got.Text != "secure protocols=>=TLSv1.2" {
+	if got := e.LookupTable(context.Background(), "tlspolicy", []byte("other.test")); got.Text != "secure protocols=>=TLSv1.2" {
 		t.Errorf("after swap other.test = %q", got.Text)
 	}
 }
 
+// TestLookupTableAllocs checks that answering from the rules allocates
+// nothing, whatever the key's case or form, with and without a probe cache
+// behind the engine (upgrade: none and no published-policy source need no
+// evidence).
 func TestLookupTableAllocs(t *testing.T) {
-	e := NewEngine(mustLoad(t, testRules), nil)
+	engines := map[string]*Engine{
+		"rules only":    NewEngine(mustLoad(t, testRules), nil),
+		"with evidence": NewEngine(mustLoad(t, "mtasts: {enabled: false}\n"+testRules), &fakeEvidence{results: map[string]tlsprobe.Result{}}),
+	}
 	ctx := context.Background()
-	for _, key := range []string{"example.org", "a.b.example.org", "[relay.example.net]:587", "unmatched.test"} {
-		allocs := testing.AllocsPerRun(100, func() { e.LookupTable(ctx, "tlspolicy", key) })
-		if allocs != 0 {
-			t.Errorf("LookupTable(%q) allocates %v times per call, want 0", key, allocs)
+	for name, e := range engines {
+		for _, key := range []string{"example.org", "A.B.Example.ORG.", "[Relay.Example.NET]:0587", "mx.example.net:2525", ".example.org", "unmatched.test", "xn--bcher-kva.example"} {
+			k := []byte(key)
+			allocs := testing.AllocsPerRun(100, func() { e.LookupTable(ctx, "tlspolicy", k) })
+			if allocs != 0 {
+				t.Errorf("%s: LookupTable(%q) allocates %v times per call, want 0", name, key, allocs)
+			}
 		}
 	}
 }
@@ -264,7 +304,7 @@ func TestLookupTableAllocs(t *testing.T) {
 func BenchmarkLookupTable(b *testing.B) {
 	e := NewEngine(mustLoad(b, testRules), nil)
 	ctx := context.Background()
-	keys := []string{"example.org", "a.b.example.org", "Mixed.Case.Example", "unmatched.test"}
+	keys := [][]byte{[]byte("example.org"), []byte("a.b.example.org"), []byte("Mixed.Case.Example"), []byte("unmatched.test")}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		e.LookupTable(ctx, "tlspolicy", keys[i%len(keys)])

@@ -103,7 +103,7 @@ func TestEvidenceRaisesNeverLowers(t *testing.T) {
 		{"phi", "good.test", verify},
 	}
 	for _, tt := range tests {
-		got := e.LookupTable(context.Background(), tt.mapName, tt.key)
+		got := e.LookupTable(context.Background(), tt.mapName, []byte(tt.key))
 		if got.Text != tt.want {
 			t.Errorf("%s %s = %v %q, want %q", tt.mapName, tt.key, got.Status, got.Text, tt.want)
 		}
@@ -121,7 +121,7 @@ func TestEvidenceTargets(t *testing.T) {
 	ev := &fakeEvidence{results: map[string]tlsprobe.Result{}}
 	e := NewEngine(mustLoad(t, evidenceRules), ev)
 	for _, key := range []string{"Mixed.Example.", "[MX.example.net]", "[mx.example.net]:2525", "relay.example.net:587"} {
-		e.LookupTable(context.Background(), "tlspolicy", key)
+		e.LookupTable(context.Background(), "tlspolicy", []byte(key))
 	}
 	want := []tlsprobe.Target{
 		{Name: "mixed.example"},

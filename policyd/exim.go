@@ -100,7 +100,7 @@ func (ec *eximCodec) answer(ctx context.Context, req string) (Result, string) {
 		ec.metrics.Decision(v)
 		return ResultOK, v.Render()
 	}
-	a := ec.lookup.LookupTable(ctx, name, rest)
+	a := ec.lookup.LookupTable(ctx, name, []byte(rest))
 	switch a.Status {
 	case StatusOK:
 		return ResultOK, "OK " + a.Text

@@ -60,7 +60,7 @@ func TestPublishedPolicies(t *testing.T) {
 		"floor-daneonly.test": "dane-only protocols=>=TLSv1.2", // nothing lowers the floor
 		"[sts.test]":          "verify protocols=>=TLSv1.2",    // MTA-STS is for recipient domains only
 	} {
-		if got := e.LookupTable(context.Background(), MapTLSPolicy, key); got.Text != want {
+		if got := e.LookupTable(context.Background(), MapTLSPolicy, []byte(key)); got.Text != want {
 			t.Errorf("%s = %q, want %q", key, got.Text, want)
 		}
 	}

@@ -1,11 +1,13 @@
 package policyd
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 
@@ -79,150 +81,205 @@ var ErrInvalidKey = errors.New("invalid destination")
 // with room for Unicode forms before conversion.
 const maxNameLen = 1024
 
+// keyBufLen is the room a lookup reserves on its stack for the normalised
+// key. Every valid domain name and next hop fits; a longer key still
+// parses, into memory that append allocates.
+const keyBufLen = 320
+
 // ParseKey normalises a key as Postfix sends it. Case is folded, one
 // trailing dot is ignored and Unicode names become A-labels, so that
 // "Bücher.Example." and "xn--bcher-kva.example" are the same destination.
 func ParseKey(raw string) (Key, error) {
-	if raw == "" || len(raw) > maxNameLen {
-		return Key{}, fmt.Errorf("%w: empty or too long", ErrInvalidKey)
-	}
-	switch {
-	case raw[0] == '[':
-		return parseBracketed(raw)
-	case strings.IndexByte(raw, ':') >= 0:
-		host, port, err := splitPort(raw)
-		if err != nil {
-			return Key{}, err
-		}
-		h, err := normalizeName(host)
-		if err != nil {
-			return Key{}, err
-		}
-		name := raw // already canonical: the common case, no allocation
-		if h != host || raw[len(host)+1] == '0' {
-			name = h + ":" + strconv.Itoa(port)
-		}
-		return Key{Kind: KeyVerbatim, Name: name, Host: h, Port: port}, nil
-	case raw[0] == '.':
-		name, err := normalizeName(raw[1:])
-		if err != nil {
-			return Key{}, err
-		}
-		return Key{Kind: KeyParent, Name: name}, nil
-	}
-	name, err := normalizeName(raw)
+	v, err := parseKey(make([]byte, 0, len(raw)+8), []byte(raw))
 	if err != nil {
 		return Key{}, err
 	}
-	return Key{Kind: KeyDomain, Name: name, Host: name}, nil
+	return v.key(), nil
+}
+
+// keyView is a parsed key held in a caller's buffer rather than in
+// strings: what the table lookups work on, so that answering from the
+// rules allocates nothing. name is the normalised key's Name; the host is
+// name[hostOff:hostEnd].
+type keyView struct {
+	kind             KeyKind
+	name             []byte
+	hostOff, hostEnd int
+	port             int
+	direct           bool
+}
+
+// key copies the view into a Key (one allocation: Host shares Name's
+// bytes).
+func (v keyView) key() Key {
+	name := string(v.name)
+	return Key{Kind: v.kind, Name: name, Host: name[v.hostOff:v.hostEnd], Port: v.port, Direct: v.direct}
+}
+
+// parseKey is ParseKey's parser: it appends the normalised key to dst
+// (empty, with the capacity the caller wants to use) and describes it.
+func parseKey(dst, raw []byte) (keyView, error) {
+	if len(raw) == 0 || len(raw) > maxNameLen {
+		return keyView{}, fmt.Errorf("%w: empty or too long", ErrInvalidKey)
+	}
+	switch {
+	case raw[0] == '[':
+		return parseBracketed(dst, raw)
+	case bytes.IndexByte(raw, ':') >= 0:
+		i := bytes.LastIndexByte(raw, ':')
+		port, err := parsePort(raw[i+1:])
+		if err != nil {
+			return keyView{}, err
+		}
+		name, err := appendName(dst, raw[:i])
+		if err != nil {
+			return keyView{}, err
+		}
+		host := len(name)
+		name = strconv.AppendInt(append(name, ':'), int64(port), 10)
+		return keyView{kind: KeyVerbatim, name: name, hostEnd: host, port: port}, nil
+	case raw[0] == '.':
+		name, err := appendName(dst, raw[1:])
+		if err != nil {
+			return keyView{}, err
+		}
+		return keyView{kind: KeyParent, name: name}, nil
+	}
+	name, err := appendName(dst, raw)
+	if err != nil {
+		return keyView{}, err
+	}
+	return keyView{kind: KeyDomain, name: name, hostEnd: len(name)}, nil
 }
 
 // parseBracketed handles "[host]" and "[host]:port": Postfix's next hop
 // that names one host and skips the MX lookup.
-func parseBracketed(raw string) (Key, error) {
-	end := strings.IndexByte(raw, ']')
+func parseBracketed(dst, raw []byte) (keyView, error) {
+	end := bytes.IndexByte(raw, ']')
 	if end < 0 {
-		return Key{}, fmt.Errorf("%w: %q has no closing bracket", ErrInvalidKey, raw)
+		return keyView{}, fmt.Errorf("%w: %q has no closing bracket", ErrInvalidKey, raw)
 	}
 	inner, rest := raw[1:end], raw[end+1:]
-	host, err := normalizeHost(inner)
+	name, err := appendHost(append(dst, '['), inner)
 	if err != nil {
-		return Key{}, err
+		return keyView{}, err
 	}
-	if rest == "" {
-		name := raw
-		if host != inner {
-			name = "[" + host + "]"
+	v := keyView{kind: KeyVerbatim, hostOff: 1, hostEnd: len(name), direct: true}
+	name = append(name, ']')
+	if len(rest) > 0 {
+		if rest[0] != ':' {
+			return keyView{}, fmt.Errorf("%w: unexpected %q after ]", ErrInvalidKey, rest)
 		}
-		return Key{Kind: KeyVerbatim, Name: name, Host: host, Direct: true}, nil
+		if v.port, err = parsePort(rest[1:]); err != nil {
+			return keyView{}, err
+		}
+		name = strconv.AppendInt(append(name, ':'), int64(v.port), 10)
 	}
-	if rest[0] != ':' {
-		return Key{}, fmt.Errorf("%w: unexpected %q after ]", ErrInvalidKey, rest)
-	}
-	port, err := parsePort(rest[1:])
-	if err != nil {
-		return Key{}, err
-	}
-	name := raw // already canonical: the common case, no allocation
-	if host != inner || rest[1] == '0' {
-		name = "[" + host + "]:" + strconv.Itoa(port)
-	}
-	return Key{Kind: KeyVerbatim, Name: name, Host: host, Port: port, Direct: true}, nil
+	v.name = name
+	return v, nil
 }
 
-// normalizeHost accepts a domain name or an IP address literal (also
-// Postfix's "ipv6:" prefixed form) inside brackets.
-func normalizeHost(s string) (string, error) {
+// appendHost appends a domain name or an IP address literal (also
+// Postfix's "ipv6:" prefixed form), as found inside brackets.
+func appendHost(dst, s []byte) ([]byte, error) {
 	if looksLikeIP(s) {
-		lower := strings.ToLower(s)
-		if _, err := netip.ParseAddr(strings.TrimPrefix(lower, "ipv6:")); err == nil {
+		lower := appendLower(dst, s)
+		addr := bytes.TrimPrefix(lower[len(dst):], []byte("ipv6:"))
+		if _, err := netip.ParseAddr(string(addr)); err == nil {
 			return lower, nil
 		}
 	}
-	return normalizeName(s)
+	return appendName(dst, s)
 }
 
-// looksLikeIP is a cheap test that spares host names the allocation of a
-// failed address parse.
-func looksLikeIP(s string) bool {
-	if strings.IndexByte(s, ':') >= 0 {
+// looksLikeIP is a cheap test that spares host names a failed address
+// parse.
+func looksLikeIP(s []byte) bool {
+	if bytes.IndexByte(s, ':') >= 0 {
 		return true
 	}
-	for i := 0; i < len(s); i++ {
-		if (s[i] < '0' || s[i] > '9') && s[i] != '.' {
+	for _, c := range s {
+		if (c < '0' || c > '9') && c != '.' {
 			return false
 		}
 	}
 	return true
 }
 
-func splitPort(s string) (string, int, error) {
-	i := strings.LastIndexByte(s, ':')
-	port, err := parsePort(s[i+1:])
-	if err != nil {
-		return "", 0, err
+// parsePort reads a port number: decimal digits (leading zeros allowed,
+// as Postfix allows them) for a value from 1 to 65535.
+func parsePort(s []byte) (int, error) {
+	p := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			p = 0
+			break
+		}
+		if p = p*10 + int(c-'0'); p > 65535 {
+			p = 0
+			break
+		}
 	}
-	return s[:i], port, nil
-}
-
-func parsePort(s string) (int, error) {
-	p, err := strconv.Atoi(s)
-	if err != nil || p < 1 || p > 65535 || s[0] == '+' {
+	if p < 1 {
 		return 0, fmt.Errorf("%w: port %q is not a number from 1 to 65535", ErrInvalidKey, s)
 	}
 	return p, nil
 }
 
-// normalizeName lower-cases a domain name, drops one trailing dot and
-// converts Unicode labels to A-labels. ASCII names, the common case, are
-// only lower-cased, which does not allocate when they already are.
-func normalizeName(s string) (string, error) {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" {
-		return "", fmt.Errorf("%w: empty name", ErrInvalidKey)
+// appendName appends a domain name lower-cased, without one trailing dot
+// and with Unicode labels converted to A-labels. ASCII names, the common
+// case, are only lower-cased.
+func appendName(dst, s []byte) ([]byte, error) {
+	s = bytes.TrimSuffix(s, []byte("."))
+	if len(s) == 0 {
+		return nil, fmt.Errorf("%w: empty name", ErrInvalidKey)
 	}
-	ascii := true
-	for i := 0; i < len(s); i++ {
-		c := s[i]
+	ascii, emptyLabel := true, s[0] == '.' || s[len(s)-1] == '.'
+	for i, c := range s {
 		if c >= 0x80 {
 			ascii = false
 			break
 		}
 		if c <= ' ' || c == 0x7f {
-			return "", fmt.Errorf("%w: %q contains a space or control character", ErrInvalidKey, s)
+			return nil, fmt.Errorf("%w: %q contains a space or control character", ErrInvalidKey, s)
+		}
+		if c == '.' && i > 0 && s[i-1] == '.' {
+			emptyLabel = true
 		}
 	}
 	if ascii {
-		if strings.HasPrefix(s, ".") || strings.Contains(s, "..") {
-			return "", fmt.Errorf("%w: %q has an empty label", ErrInvalidKey, s)
+		if emptyLabel {
+			return nil, fmt.Errorf("%w: %q has an empty label", ErrInvalidKey, s)
 		}
-		return strings.ToLower(s), nil
+		return appendLower(dst, s), nil
 	}
-	a, err := idna.Lookup.ToASCII(s)
-	if err != nil {
-		return "", fmt.Errorf("%w: %q is not a valid internationalised name: %v", ErrInvalidKey, s, err)
+	a, err := idna.Lookup.ToASCII(string(s))
+	if err != nil || !utf8.Valid(s) {
+		if err == nil {
+			err = errors.New("not UTF-8")
+		}
+		return nil, fmt.Errorf("%w: %q is not a valid internationalised name: %v", ErrInvalidKey, s, err)
 	}
-	return a, nil
+	// The A-label form must pass the ASCII checks too (idna lets an
+	// empty label through).
+	return appendName(dst, []byte(a))
+}
+
+// normalizeName is appendName for names in the configuration.
+func normalizeName(s string) (string, error) {
+	b, err := appendName(nil, []byte(s))
+	return string(b), err
+}
+
+// appendLower appends s with ASCII upper case folded.
+func appendLower(dst, s []byte) []byte {
+	for _, c := range s {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // forEachParent calls f with each proper parent of name, nearest first:

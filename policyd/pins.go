@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +26,8 @@ import (
 // probes, admin commands) go to memory first and then to the store, in the
 // probe's goroutine.
 type pinBook struct {
-	pins    sync.Map // target key -> *state.Pin
+	pins    sync.Map    // target key -> *state.Pin
+	stored  atomic.Bool // a pin was ever stored; see any
 	mu      sync.Mutex
 	store   state.Store // nil: pins live in memory only
 	ttl     time.Duration
@@ -38,6 +40,16 @@ func newPinBook(store state.Store, ttl time.Duration, now func() time.Time, log 
 	b := &pinBook{store: store, ttl: ttl, now: now, log: log}
 	b.metrics = newPinMetrics(reg, b)
 	return b
+}
+
+// any reports whether the book may hold a pin. Until one is stored, a
+// lookup need not spell out its key to look for one.
+func (b *pinBook) any() bool { return b != nil && b.stored.Load() }
+
+// put stores a pin in memory.
+func (b *pinBook) put(p *state.Pin) {
+	b.stored.Store(true)
+	b.pins.Store(p.Key, p)
 }
 
 // get returns the valid pin of a target key.
@@ -81,7 +93,7 @@ func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pi
 	case had && shown < pinLevel(old):
 		p := *old
 		p.LastDowngrade, p.DowngradeReason = now, r.Reason(minTLS)
-		b.pins.Store(key, &p)
+		b.put(&p)
 		b.metrics.downgrades.WithLabelValues(p.Level).Inc()
 		b.log.Warn("possible downgrade attack: a probe saw less than the pinned level; the pin stands",
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
@@ -95,7 +107,7 @@ func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pi
 				p.Level = old.Level
 			}
 		}
-		b.pins.Store(key, &p)
+		b.put(&p)
 		return p, true
 	}
 	return state.Pin{}, false
@@ -154,7 +166,7 @@ func (b *pinBook) add(destination, level string) (state.Pin, error) {
 			return state.Pin{}, err
 		}
 	}
-	b.pins.Store(p.Key, &p)
+	b.put(&p)
 	return p, nil
 }
 
@@ -196,7 +208,7 @@ func (e *Engine) UsePins(pins []state.Pin, ttl time.Duration) {
 // load fills memory from the store's pins.
 func (b *pinBook) load(pins []state.Pin) {
 	for i := range pins {
-		b.pins.Store(pins[i].Key, &pins[i])
+		b.put(&pins[i])
 	}
 }
 

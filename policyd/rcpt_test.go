@@ -130,7 +130,7 @@ func TestTransportMap(t *testing.T) {
 		{"plain.test", StatusNotFound, ""},                             // no rule
 	}
 	for _, tt := range tests {
-		got := e.LookupTable(context.Background(), MapTransport, tt.key)
+		got := e.LookupTable(context.Background(), MapTransport, []byte(tt.key))
 		if got.Status != tt.status || got.Text != tt.text {
 			t.Errorf("transport %s = %v %q, want %v %q", tt.key, got.Status, got.Text, tt.status, tt.text)
 		}
@@ -148,7 +148,7 @@ func TestSenderTransportMap(t *testing.T) {
 		"someone@example.org": "",
 		"@example.org":        "",
 	} {
-		got := e.LookupTable(context.Background(), MapSenderTransport, key)
+		got := e.LookupTable(context.Background(), MapSenderTransport, []byte(key))
 		if want == "" && got.Status != StatusNotFound || want != "" && (got.Status != StatusOK || got.Text != want) {
 			t.Errorf("sender.transport %s = %v %q, want %q", key, got.Status, got.Text, want)
 		}

@@ -25,8 +25,8 @@ import (
 // in a known suffix pick the outcome; other keys are found.
 type wireLookup func(ctx context.Context, mapName, key string) Answer
 
-func (f wireLookup) LookupTable(ctx context.Context, mapName, key string) Answer {
-	return f(ctx, mapName, key)
+func (f wireLookup) LookupTable(ctx context.Context, mapName string, key []byte) Answer {
+	return f(ctx, mapName, string(key))
 }
 
 // fakeAnswers answers the default map like the engine would, and refuses
@@ -335,7 +335,8 @@ func newBlockingLookup() *blockingLookup {
 	}
 }
 
-func (b *blockingLookup) LookupTable(ctx context.Context, mapName, key string) Answer {
+func (b *blockingLookup) LookupTable(ctx context.Context, mapName string, keyBytes []byte) Answer {
+	key := string(keyBytes)
 	if !strings.HasPrefix(key, "stuck") {
 		return Answer{StatusOK, "may"}
 	}

@@ -53,7 +53,7 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
 	}
 	mapName := c.internName(name)
-	a := sc.lookup.LookupTable(ctx, mapName, string(key))
+	a := sc.lookup.LookupTable(ctx, mapName, key)
 	var result Result
 	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
 	if _, err := c.W.Write(c.Scratch); err != nil {

@@ -51,8 +51,7 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if err != nil {
 		return tc.badRequest(c, err)
 	}
-	k := string(key)
-	a := tc.lookup.LookupTable(ctx, TCPTableMap, k)
+	a := tc.lookup.LookupTable(ctx, TCPTableMap, key)
 	var result Result
 	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], a)
 	if _, err := c.W.Write(c.Scratch); err != nil {
@@ -62,7 +61,7 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	c.CountRequest(result, d)
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", TCPTableMap),
-			slog.String("key", k), slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))),
+			slog.String("key", string(key)), slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))),
 			slog.Duration("duration", d))
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -115,7 +116,7 @@ func (t Target) Key() string {
 		k = "[" + k + "]"
 	}
 	if t.Port != 0 {
-		k += fmt.Sprintf(":%d", t.Port)
+		k += ":" + strconv.Itoa(t.Port)
 	}
 	return k
 }
