@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"runtime/debug"
@@ -27,17 +28,18 @@ type Conn struct {
 	log   *slog.Logger // carries protocol and remote address
 	state atomic.Uint32
 	names [4]string // recently seen map names, see internName
-	// start is when the current (or last) request's first byte arrived;
-	// deadlines are computed from it. The armed deadlines are remembered
-	// so that they are set only when they must move (see deadlineConn).
-	start                       time.Time
-	readDeadline, writeDeadline time.Time
+	// start is when the current (or last) request's first byte arrived,
+	// on the server's clock; deadlines are computed from it. The armed
+	// deadlines are remembered, on the same clock, so that they are set
+	// only when they must move (see deadlineConn).
+	start                       time.Duration
+	readDeadline, writeDeadline time.Duration
 	stats                       *ConnStats // this connection's request counters; nil without metrics
 }
 
 // Elapsed returns the time since the current request's first byte, for
 // the request duration metric.
-func (c *Conn) Elapsed() time.Duration { return time.Since(c.start) }
+func (c *Conn) Elapsed() time.Duration { return c.srv.clock() - c.start }
 
 // Connection states. A connection moves idle -> active when a request's
 // first byte arrives and back when its reply is flushed; Shutdown closes only
@@ -125,7 +127,10 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 		nc:    nc,
 		srv:   s,
 		log:   s.logger().With("protocol", s.Protocol, "remote", nc.RemoteAddr().String()),
-		start: time.Now(), // the idle timeout runs from here until the first request
+		start: s.clock(), // the idle timeout runs from here until the first request
+		// No deadline is armed yet.
+		readDeadline:  unarmed,
+		writeDeadline: unarmed,
 	}
 	c.R = bufio.NewReader(deadlineConn{c})
 	c.W = bufio.NewWriter(deadlineConn{c})
@@ -180,7 +185,7 @@ func (c *Conn) serveOne() error {
 	if !c.state.CompareAndSwap(stateIdle, stateActive) {
 		return errIdleClosed // Shutdown got here first
 	}
-	c.start = time.Now()
+	c.start = s.clock()
 	err := s.Codec.ServeRequest(s.ctx, c)
 	// Flush even on error: a codec that closes on bad input has written
 	// the reason.
@@ -216,14 +221,12 @@ type deadlineConn struct{ c *Conn }
 
 func (d deadlineConn) Read(p []byte) (int, error) {
 	c := d.c
-	var want time.Time
+	want := c.start + c.srv.idleTimeout()
 	if c.state.Load() == stateActive {
-		want = c.start.Add(c.srv.requestTimeout())
-	} else {
-		want = c.start.Add(c.srv.idleTimeout())
+		want = c.start + c.srv.requestTimeout()
 	}
 	if !armed(c.readDeadline, want) {
-		c.nc.SetReadDeadline(want)
+		c.nc.SetReadDeadline(c.srv.epoch.Add(want))
 		c.readDeadline = want
 	}
 	return c.nc.Read(p)
@@ -231,18 +234,22 @@ func (d deadlineConn) Read(p []byte) (int, error) {
 
 func (d deadlineConn) Write(p []byte) (int, error) {
 	c := d.c
-	want := c.start.Add(c.srv.requestTimeout())
+	want := c.start + c.srv.requestTimeout()
 	if !armed(c.writeDeadline, want) {
-		c.nc.SetWriteDeadline(want)
+		c.nc.SetWriteDeadline(c.srv.epoch.Add(want))
 		c.writeDeadline = want
 	}
 	return c.nc.Write(p)
 }
 
+// unarmed is the armed deadline of a connection that has none yet: far
+// enough before any wanted deadline that armed reports false.
+const unarmed = time.Duration(math.MinInt64 / 2)
+
 // armed reports whether the deadline cur may stand for want: not later,
 // and earlier by less than deadlineSlack.
-func armed(cur, want time.Time) bool {
-	return !cur.After(want) && want.Sub(cur) < deadlineSlack
+func armed(cur, want time.Duration) bool {
+	return cur <= want && want-cur < deadlineSlack
 }
 
 // idleError is a read error while waiting for a request to begin.

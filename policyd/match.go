@@ -234,22 +234,25 @@ func appendName(dst, s []byte) ([]byte, error) {
 	if len(s) == 0 {
 		return nil, fmt.Errorf("%w: empty name", ErrInvalidKey)
 	}
-	ascii, emptyLabel := true, s[0] == '.' || s[len(s)-1] == '.'
+	ascii, upper, emptyLabel := true, false, s[0] == '.' || s[len(s)-1] == '.'
 	for i, c := range s {
-		if c >= 0x80 {
+		switch {
+		case c >= 0x80:
 			ascii = false
-			break
-		}
-		if c <= ' ' || c == 0x7f {
+		case c <= ' ' || c == 0x7f:
 			return nil, fmt.Errorf("%w: %q contains a space or control character", ErrInvalidKey, s)
-		}
-		if c == '.' && i > 0 && s[i-1] == '.' {
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		case c == '.' && i > 0 && s[i-1] == '.':
 			emptyLabel = true
 		}
 	}
 	if ascii {
 		if emptyLabel {
 			return nil, fmt.Errorf("%w: %q has an empty label", ErrInvalidKey, s)
+		}
+		if !upper {
+			return append(dst, s...), nil // the common case: one copy
 		}
 		return appendLower(dst, s), nil
 	}

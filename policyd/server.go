@@ -68,6 +68,11 @@ type Server struct {
 	inShutdown atomic.Bool // read on every request, without taking mu
 	wg         sync.WaitGroup
 
+	// epoch is the origin of the server's clock: connections keep times
+	// as offsets from it, which cost one monotonic clock read to take
+	// (time.Now reads the wall clock too) and an integer compare to check.
+	epoch time.Time
+
 	mu        sync.Mutex
 	listeners map[*onceCloseListener]struct{}
 	conns     map[*Conn]struct{}
@@ -104,11 +109,15 @@ func (s *Server) requestTimeout() time.Duration {
 	return DefaultRequestTimeout
 }
 
+// clock returns the time on the server's monotonic clock.
+func (s *Server) clock() time.Duration { return time.Since(s.epoch) }
+
 // initLocked sets up the server's state on first use. s.mu must be held.
 func (s *Server) initLocked() {
 	if s.done != nil {
 		return
 	}
+	s.epoch = time.Now()
 	s.listeners = make(map[*onceCloseListener]struct{})
 	s.conns = make(map[*Conn]struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())

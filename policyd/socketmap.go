@@ -43,11 +43,14 @@ func NewSocketmapCodec(lookup TableLookup) Codec {
 
 // ServeRequest reads one netstring request and writes its reply.
 func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
-	p, err := readNetstring(c.R, c.Buf, MaxNetstringLen)
-	if err != nil {
-		return sc.badRequest(c, err)
+	p, ok := bufferedNetstring(c.R)
+	if !ok {
+		var err error
+		if p, err = readNetstring(c.R, c.Buf, MaxNetstringLen); err != nil {
+			return sc.badRequest(c, err)
+		}
+		c.Buf = p[:0]
 	}
-	c.Buf = p[:0]
 	name, key, ok := splitSocketmapRequest(p)
 	if !ok {
 		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
@@ -104,6 +107,28 @@ func appendSocketmapReply(dst []byte, a Answer) ([]byte, Result) {
 		return appendNetstring(dst, "TEMP reply too long"), ResultTemp
 	}
 	return appendNetstring(dst, word, text), StatusResult(a.Status)
+}
+
+// bufferedNetstring is the fast path of readNetstring for the usual case,
+// a whole well-formed request already in r's buffer: it returns the payload
+// where it lies (valid until r is next read) and consumes the netstring.
+// Anything else, valid or not, is left unread for readNetstring, which
+// alone says what is wrong with bad input.
+func bufferedNetstring(r *bufio.Reader) ([]byte, bool) {
+	b, _ := r.Peek(r.Buffered()) // cannot fail: the bytes are buffered
+	n, i := 0, 0
+	for ; i < len(b) && i < 6 && '0' <= b[i] && b[i] <= '9'; i++ { // 6 digits hold MaxNetstringLen
+		n = n*10 + int(b[i]-'0')
+	}
+	if i == 0 || i == len(b) || b[i] != ':' || b[0] == '0' || n > MaxNetstringLen {
+		return nil, false
+	}
+	end := i + 1 + n
+	if end >= len(b) || b[end] != ',' {
+		return nil, false
+	}
+	r.Discard(end + 1) // cannot fail, and leaves b's bytes where they are
+	return b[i+1 : end], true
 }
 
 // readNetstring reads one netstring ("LEN:PAYLOAD,") from r and returns its
