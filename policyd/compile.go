@@ -311,6 +311,9 @@ func (c *compiler) index(p *Policy, r *Rule, path []any) {
 		return
 	}
 	m[k.Name] = r
+	if k.Kind == KeyParent {
+		p.parentLabels |= labelBit(strings.Count(k.Name, ".") + 1)
+	}
 }
 
 func (c *compiler) onFail(s string, path ...any) OnFail {

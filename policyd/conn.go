@@ -2,6 +2,7 @@ package policyd
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -23,9 +24,12 @@ type Conn struct {
 	// Buf holds the current request's payload, Scratch the reply being built.
 	Buf, Scratch []byte
 
-	nc    net.Conn
-	srv   *Server
-	log   *slog.Logger // carries protocol and remote address
+	nc  net.Conn
+	srv *Server
+	log *slog.Logger // carries protocol and remote address
+	// debug caches whether log logs at debug level, which a logger never
+	// changes, so that requests do not ask the handler each time.
+	debug bool
 	state atomic.Uint32
 	names [4]string // recently seen map names, see internName
 	// start is when the current (or last) request's first byte arrived,
@@ -132,6 +136,7 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 		readDeadline:  unarmed,
 		writeDeadline: unarmed,
 	}
+	c.debug = c.log.Enabled(context.Background(), slog.LevelDebug)
 	c.R = bufio.NewReader(deadlineConn{c})
 	c.W = bufio.NewWriter(deadlineConn{c})
 	s.conns[c] = struct{}{}

@@ -348,9 +348,16 @@ func (p *Policy) match(kind KeyKind, name []byte) *Rule {
 // firstParent returns the earliest of best and the ".parent" rules for
 // every parent of name.
 func (p *Policy) firstParent(name []byte, best *Rule) *Rule {
+	if p.parentLabels == 0 {
+		return best
+	}
+	labels := bytes.Count(name, []byte{'.'}) + 1
 	for i, c := range name {
 		if c != '.' {
 			continue
+		}
+		if labels--; p.parentLabels&labelBit(labels) == 0 {
+			continue // no .parent rule has a domain of this many labels
 		}
 		if r := p.parent[string(name[i+1:])]; r != nil && (best == nil || r.Index < best.Index) {
 			best = r
@@ -358,6 +365,9 @@ func (p *Policy) firstParent(name []byte, best *Rule) *Rule {
 	}
 	return best
 }
+
+// labelBit is the bit of Policy.parentLabels for a domain of n labels.
+func labelBit(n int) uint64 { return 1 << min(n, 63) }
 
 // Explain describes a decision for people: which rule decided and how the
 // class changed it.

@@ -132,10 +132,14 @@ type Policy struct {
 	// `check` prints them and the daemon logs them.
 	Warnings ConfigErrors
 
-	exact    map[string]*Rule // "example.org"
-	parent   map[string]*Rule // "example.org" for a ".example.org" rule
-	verbatim map[string]*Rule // "[host]:port", "[host]", "host:port"
-	senders  senderIndex
+	exact  map[string]*Rule // "example.org"
+	parent map[string]*Rule // "example.org" for a ".example.org" rule
+	// parentLabels has bit n set when a .parent rule's domain has n labels
+	// (63 or more share bit 63), so that a lookup skips the parents no
+	// rule can name.
+	parentLabels uint64
+	verbatim     map[string]*Rule // "[host]:port", "[host]", "host:port"
+	senders      senderIndex
 
 	// answers holds the rendered reply for each level, prepared once so
 	// that a lookup answers without formatting or allocating.

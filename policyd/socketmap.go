@@ -64,7 +64,7 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	}
 	d := c.Elapsed()
 	c.CountRequest(result, d)
-	if c.log.Enabled(ctx, slog.LevelDebug) {
+	if c.debug {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName),
 			slog.String("key", string(key)), slog.String("reply", string(c.Scratch)), slog.Duration("duration", d))
 	}

@@ -59,7 +59,7 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	}
 	d := c.Elapsed()
 	c.CountRequest(result, d)
-	if c.log.Enabled(ctx, slog.LevelDebug) {
+	if c.debug {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", TCPTableMap),
 			slog.String("key", string(key)), slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))),
 			slog.Duration("duration", d))
