@@ -234,27 +234,31 @@ func appendName(dst, s []byte) ([]byte, error) {
 	if len(s) == 0 {
 		return nil, fmt.Errorf("%w: empty name", ErrInvalidKey)
 	}
-	ascii, upper, emptyLabel := true, false, s[0] == '.' || s[len(s)-1] == '.'
-	for i, c := range s {
-		switch {
-		case c >= 0x80:
-			ascii = false
-		case c <= ' ' || c == 0x7f:
-			return nil, fmt.Errorf("%w: %q contains a space or control character", ErrInvalidKey, s)
-		case 'A' <= c && c <= 'Z':
-			upper = true
-		case c == '.' && i > 0 && s[i-1] == '.':
-			emptyLabel = true
-		}
+	// Copy and fold case in one pass. The loop has no data-dependent
+	// branch (the letters' case varies from key to key, so branches on
+	// it mispredict): each test is a 0 or 1 (see b2u).
+	start := len(dst)
+	dst = append(dst, s...)
+	name := dst[start:]
+	var high, control, emptyLabel uint32
+	prevDot := uint32(1) // a leading dot makes an empty label
+	for i, c := range name {
+		name[i] = c | byte(b2u(c-'A' < 26)<<5) // 'A'..'Z' to 'a'..'z'
+		high |= uint32(c >> 7)
+		control |= b2u(c <= ' ') | b2u(c == 0x7f)
+		dot := b2u(c == '.')
+		emptyLabel |= dot & prevDot
+		prevDot = dot
 	}
-	if ascii {
-		if emptyLabel {
-			return nil, fmt.Errorf("%w: %q has an empty label", ErrInvalidKey, s)
-		}
-		if !upper {
-			return append(dst, s...), nil // the common case: one copy
-		}
-		return appendLower(dst, s), nil
+	emptyLabel |= prevDot // a dot left at the end
+	switch {
+	case high != 0:
+	case control != 0:
+		return nil, fmt.Errorf("%w: %q contains a space or control character", ErrInvalidKey, s)
+	case emptyLabel != 0:
+		return nil, fmt.Errorf("%w: %q has an empty label", ErrInvalidKey, s)
+	default:
+		return dst, nil
 	}
 	a, err := idna.Lookup.ToASCII(string(s))
 	if err != nil || !utf8.Valid(s) {
@@ -265,7 +269,16 @@ func appendName(dst, s []byte) ([]byte, error) {
 	}
 	// The A-label form must pass the ASCII checks too (idna lets an
 	// empty label through).
-	return appendName(dst, []byte(a))
+	return appendName(dst[:start], []byte(a))
+}
+
+// b2u is 1 for true, 0 for false; the compiler makes it a flag move, not
+// a branch.
+func b2u(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // normalizeName is appendName for names in the configuration.
