@@ -118,11 +118,13 @@ func (s *Server) newConn(nc net.Conn) *Conn {
 	}
 	if len(s.conns) >= s.maxConns() {
 		s.mu.Unlock()
-		remote := nc.RemoteAddr().String()
-		nc.Close()
+		// Counted before the close, so that whoever sees the close also
+		// sees the count.
 		if s.Metrics != nil {
 			s.Metrics.Rejected.Inc()
 		}
+		remote := nc.RemoteAddr().String()
+		nc.Close()
 		s.logger().Warn("connection refused: too many connections",
 			"protocol", s.Protocol, "remote", remote, "max_conns", s.maxConns())
 		return nil
