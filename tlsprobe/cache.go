@@ -155,10 +155,10 @@ func (c *Cache[V]) Get(t Target) (V, bool) {
 		return zero, false
 	}
 	if !now.Before(e.refreshAt) {
-		c.cfg.Metrics.cacheResult("stale")
+		c.cfg.Metrics.cacheLookup(cacheStale)
 		c.start(t, key)
 	} else {
-		c.cfg.Metrics.cacheResult("hit")
+		c.cfg.Metrics.cacheLookup(cacheHit)
 	}
 	return e.res, true
 }
@@ -171,7 +171,7 @@ func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 	if r, ok := c.Get(t); ok {
 		return r, true
 	}
-	c.cfg.Metrics.cacheResult("miss")
+	c.cfg.Metrics.cacheLookup(cacheMiss)
 	var zero V
 	f := c.start(t, t.Key())
 	if f == nil {

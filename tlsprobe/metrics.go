@@ -12,9 +12,13 @@ type Metrics struct {
 	inFlight       prometheus.Gauge
 	privateRefused prometheus.Counter
 	cache          *prometheus.CounterVec
-	evictions      prometheus.Counter
-	entries        prometheus.Gauge
-	dropped        prometheus.Counter
+	// cacheResults are cache's children, resolved once: a lookup that hits
+	// the cache is on the daemon's hot path, and WithLabelValues hashes the
+	// label and takes the vector's lock on every call.
+	cacheResults [numCacheResults]prometheus.Counter
+	evictions    prometheus.Counter
+	entries      prometheus.Gauge
+	dropped      prometheus.Counter
 }
 
 // NewMetrics creates and registers the collectors on reg.
@@ -58,8 +62,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, c := range Causes() {
 		m.probes.WithLabelValues(c.String())
 	}
-	for _, r := range []string{"hit", "stale", "miss"} {
-		m.cache.WithLabelValues(r)
+	for r := range m.cacheResults {
+		m.cacheResults[r] = m.cache.WithLabelValues(cacheResult(r).String())
 	}
 	return m
 }
@@ -84,9 +88,22 @@ func (m *Metrics) refusedPrivate() {
 	}
 }
 
-func (m *Metrics) cacheResult(result string) {
+// cacheResult is the outcome of a cache lookup, a label of
+// tlspolicyd_probe_cache_requests_total.
+type cacheResult uint8
+
+const (
+	cacheHit   cacheResult = iota // fresh
+	cacheStale                    // a hit; a refresh was started
+	cacheMiss
+	numCacheResults
+)
+
+func (r cacheResult) String() string { return [...]string{"hit", "stale", "miss"}[r] }
+
+func (m *Metrics) cacheLookup(r cacheResult) {
 	if m != nil {
-		m.cache.WithLabelValues(result).Inc()
+		m.cacheResults[r].Inc()
 	}
 }
 

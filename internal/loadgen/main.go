@@ -48,6 +48,11 @@ type options struct {
 	// runs bimodal on small VMs, is the same for both; run the load
 	// generator itself with taskset on the other CPUs.
 	serverCPU string
+	// upgrade is the defaults' upgrade setting: "none" measures rule-only
+	// answers; "encrypt" sends every lookup through the pins and the probe
+	// cache, as the shipped rules.yaml does (the probes fail at once, DNS
+	// being dead, so lookups hit cached failures).
+	upgrade string
 }
 
 func main() {
@@ -65,6 +70,7 @@ func main() {
 	flag.StringVar(&conns, "conns", "1,8,64", "comma-separated connection counts")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs per target and concurrency; the median is reported")
 	flag.BoolVar(&o.json, "json", false, "print JSON instead of tables")
+	flag.StringVar(&o.upgrade, "upgrade", "none", "the daemon's defaults.upgrade: none (rule-only answers) or encrypt (through the probe cache)")
 	flag.StringVar(&o.serverCPU, "server-cpus", "", "pin both servers to these CPUs with taskset (e.g. 1); run loadgen itself under taskset -c 0")
 	flag.Parse()
 	var err error
@@ -138,7 +144,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	config := filepath.Join(dir, "tlspolicyd.yaml")
-	if err := os.WriteFile(config, []byte(daemonConfig(daemonAddr, deadDNS, dir)), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(daemonConfig(daemonAddr, deadDNS, dir, o.upgrade)), 0o600); err != nil {
 		return err
 	}
 
@@ -222,7 +228,7 @@ func run(ctx context.Context, o options) error {
 // the key mix every kind of match. MTA-STS is off and DNS points at a
 // loopback port nobody listens on, so no lookup leaves the machine and the
 // run measures the socketmap path, not the network.
-func daemonConfig(listen, dns, dir string) string {
+func daemonConfig(listen, dns, dir, upgrade string) string {
 	return fmt.Sprintf(`listen:
   socketmap: %s
 dns:
@@ -234,7 +240,7 @@ state:
   path: %s
 defaults:
   level: may
-  upgrade: none
+  upgrade: %s
 destinations:
   - match: example.org
     level: verify
@@ -242,7 +248,7 @@ destinations:
     level: encrypt
   - match: "[relay.example.net]:587"
     level: secure
-`, listen, dns, filepath.Join(dir, "state.db"))
+`, listen, dns, filepath.Join(dir, "state.db"), upgrade)
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
