@@ -44,7 +44,7 @@ type Evidence interface {
 func (r Result) Gathered() time.Time { return r.ProbedAt }
 
 // Cache keeps probe results and runs the probes for misses. Lookups of a
-// cached destination take one shard lock and never wait for the network;
+// cached destination take no lock and never wait for the network;
 // a miss starts at most one probe per destination, however many lookups
 // ask; probes run with bounded concurrency and a bounded queue; and a
 // result past three quarters of its TTL is refreshed in the background on
@@ -64,9 +64,29 @@ type Cache[V Evidence] struct {
 }
 
 // shard holds successes and failures apart, each with its own TTL, so a
-// failure is retried soon while a success is kept for hours.
+// failure is retried soon while a success is kept for hours. The LRUs bound
+// the memory; lookups read index, which holds the entry of each key in
+// pos or neg (a key is never in both), without taking a lock. Writers
+// (store, Restore) hold mu and update index before the LRUs; an LRU
+// dropping an entry (size, expiry, Remove) deletes it from index only if
+// index still holds that very entry.
+//
+// Hits do not reorder the LRUs (that would take their lock), so a full
+// shard drops the result stored longest ago; a destination in use is
+// stored again at each refresh, three quarters into its TTL.
 type shard[V Evidence] struct {
+	index    sync.Map // key -> *entry[V]
+	mu       sync.Mutex
 	pos, neg *expirable.LRU[string, *entry[V]]
+}
+
+// load returns the entry of key, without a lock.
+func (s *shard[V]) load(key string) (*entry[V], bool) {
+	v, ok := s.index.Load(key)
+	if !ok {
+		return nil, false
+	}
+	return v.(*entry[V]), true
 }
 
 // entry is an immutable cached result; a change replaces the entry.
@@ -109,15 +129,17 @@ func NewCache[V Evidence](probe func(context.Context, Target) V, cfg CacheConfig
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	per := max(cfg.Size/numShards, 1)
-	// Called under the LRU's lock: it must not touch the cache.
-	onEvict := func(string, *entry[V]) { c.cfg.Metrics.evicted() }
 	for i := range c.shards {
+		s := &c.shards[i]
+		// Called under the LRU's lock: it must not touch the LRUs.
+		onEvict := func(key string, e *entry[V]) {
+			s.index.CompareAndDelete(key, e)
+			c.cfg.Metrics.evicted()
+		}
 		// The LRU's own expiry (wall clock) only frees memory; freshness
 		// is decided by entry.expires against the injected clock.
-		c.shards[i] = shard[V]{
-			pos: expirable.NewLRU(per, onEvict, cfg.TTL),
-			neg: expirable.NewLRU(max(per/4, 1), onEvict, cfg.NegativeTTL),
-		}
+		s.pos = expirable.NewLRU(per, onEvict, cfg.TTL)
+		s.neg = expirable.NewLRU(max(per/4, 1), onEvict, cfg.NegativeTTL)
 	}
 	return c
 }
@@ -145,11 +167,7 @@ func (c *Cache[V]) Len() int {
 func (c *Cache[V]) Get(t Target) (V, bool) {
 	key := t.Key()
 	now := c.cfg.Now()
-	s := c.shard(key)
-	e, ok := s.pos.Get(key)
-	if !ok || !now.Before(e.expires) {
-		e, ok = s.neg.Get(key)
-	}
+	e, ok := c.shard(key).load(key)
 	if !ok || !now.Before(e.expires) {
 		var zero V
 		return zero, false
@@ -244,20 +262,34 @@ func (c *Cache[V]) run(t Target, key string, f *flight[V]) {
 func (c *Cache[V]) store(key string, r V) {
 	now := c.cfg.Now()
 	s := c.shard(key)
-	if r.Failed() {
-		if old, ok := s.pos.Peek(key); ok && now.Before(old.expires) {
-			kept := *old
-			kept.refreshAt = now.Add(c.cfg.NegativeTTL)
-			s.pos.Add(key, &kept)
-			return
-		}
-		s.neg.Add(key, &entry[V]{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)})
-		s.pos.Remove(key)
-	} else {
-		s.pos.Add(key, &entry[V]{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)})
-		s.neg.Remove(key)
+	s.mu.Lock()
+	switch old, ok := s.pos.Peek(key); {
+	case !r.Failed():
+		s.put(key, &entry[V]{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)}, true)
+	case ok && now.Before(old.expires):
+		kept := *old
+		kept.refreshAt = now.Add(c.cfg.NegativeTTL)
+		s.put(key, &kept, true)
+	default:
+		s.put(key, &entry[V]{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)}, false)
 	}
+	s.mu.Unlock()
 	c.cfg.Metrics.setEntries(c.Len())
+}
+
+// put makes e the entry of key, in pos if good, else in neg. s.mu must be
+// held. index is updated first, so a lookup never finds the key missing
+// while it is replaced; the LRUs then drop the old entry, which leaves
+// index alone since it no longer holds it.
+func (s *shard[V]) put(key string, e *entry[V], good bool) {
+	s.index.Store(key, e)
+	if good {
+		s.pos.Add(key, e)
+		s.neg.Remove(key)
+	} else {
+		s.neg.Add(key, e)
+		s.pos.Remove(key)
+	}
 }
 
 // Restore puts a stored result back in the cache at start, as fresh as
@@ -274,11 +306,13 @@ func (c *Cache[V]) Restore(key string, r V) {
 		return
 	}
 	s := c.shard(key)
+	s.mu.Lock()
 	if r.Failed() {
-		s.neg.Add(key, &entry[V]{res: r, expires: expires, refreshAt: expires})
+		s.put(key, &entry[V]{res: r, expires: expires, refreshAt: expires}, false)
 	} else {
-		s.pos.Add(key, &entry[V]{res: r, expires: expires, refreshAt: r.Gathered().Add(ttl * 3 / 4)})
+		s.put(key, &entry[V]{res: r, expires: expires, refreshAt: r.Gathered().Add(ttl * 3 / 4)}, true)
 	}
+	s.mu.Unlock()
 	c.cfg.Metrics.setEntries(c.Len())
 }
 

@@ -525,3 +525,48 @@ func TestMetricsLint(t *testing.T) {
 		t.Errorf("metric %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestCacheIndexFollowsLRU stores, replaces and evicts from many
+// goroutines at once, then checks that the lock-free index lookups read
+// holds exactly the entries the LRUs hold: nothing evicted is still
+// found, and nothing kept is lost.
+func TestCacheIndexFollowsLRU(t *testing.T) {
+	t.Parallel()
+	f, clock := newFakeProbe(), newFakeClock()
+	const size = 4 * numShards
+	c, _ := newTestCache(t, f, clock, CacheConfig{Size: size, MaxPending: 10000})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				tg := Target{Name: fmt.Sprintf("d%d.test", (i*7+g)%60)}
+				if i%3 == 0 {
+					c.store(tg.Key(), Result{}) // a failure: negative entry, or kept good result
+				} else {
+					c.store(tg.Key(), Result{Detail: "good", Capability: CapEncrypt})
+				}
+				c.Get(tg)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range c.shards {
+		s := &c.shards[i]
+		indexed := 0
+		s.index.Range(func(k, v any) bool {
+			indexed++
+			e := v.(*entry[Result])
+			p, inPos := s.pos.Peek(k.(string))
+			n, inNeg := s.neg.Peek(k.(string))
+			if !(inPos && p == e || inNeg && n == e) {
+				t.Errorf("shard %d: index holds %s, which neither LRU holds", i, k)
+			}
+			return true
+		})
+		if want := s.pos.Len() + s.neg.Len(); indexed != want {
+			t.Errorf("shard %d: index has %d entries, LRUs %d", i, indexed, want)
+		}
+	}
+}
