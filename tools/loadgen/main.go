@@ -8,7 +8,7 @@
 //
 // Usage:
 //
-//	go build -o /tmp/tlspolicyd . && go run ./internal/loadgen -bin /tmp/tlspolicyd \
+//	go build -o /tmp/tlspolicyd . && go run ./tools/loadgen -bin /tmp/tlspolicyd \
 //		[-duration 5s] [-warmup 1s] [-conns 1,8,64] [-rounds 3] [-json]
 //
 // Reported per concurrency, as the median over rounds: lookups per second,
