@@ -3,7 +3,7 @@
 // smtp_tls_policy_maps lookups (socketmap and tcp_table) from YAML rules, so
 // that mail which must be encrypted is never sent in plaintext.
 //
-// Usage (SPEC.md):
+// Usage (docs/interface.md has the details):
 //
 //	tlspolicyd [serve] [-config FILE]
 //	tlspolicyd check   [-config FILE]
@@ -31,6 +31,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/rules"
+	"github.com/tlspolicyd/tlspolicyd/wire"
 )
 
 const defaultConfig = "./rules.yaml"
@@ -106,7 +108,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE]")
 		return 2
 	}
-	p, err := policyd.LoadFile(config)
+	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -127,7 +129,7 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] DESTINATION")
 		return 2
 	}
-	p, err := policyd.LoadFile(config)
+	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -161,14 +163,14 @@ func query(args []string, stdout, stderr io.Writer) int {
 	// the probe finish for the next lookup, query waits for the whole probe
 	// so that it can show the evidence.
 	d := e.Decide(context.Background(), rest[0], sender, p.Settings.ProbeTimeout+time.Second)
-	mapName := policyd.MapTLSPolicy
+	mapName := rules.MapTLSPolicy
 	if d.Class != nil {
 		mapName = d.Class.Name
 	}
 	answer := "NOTFOUND"
 	if d.Found() {
 		answer = d.Answer.Text
-	} else if d.Answer.Status != policyd.StatusNotFound {
+	} else if d.Answer.Status != wire.StatusNotFound {
 		answer = fmt.Sprintf("%s %s", d.Answer.Status, d.Answer.Text)
 	}
 	fmt.Fprintf(stdout, "%s: %s\n", rest[0], answer)
@@ -176,8 +178,8 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  key:     %s (%s)\n", d.Key, d.Key.Kind)
 	}
 	fmt.Fprintf(stdout, "  map:     %s\n", mapName)
-	fmt.Fprintf(stdout, "  why:     %s\n", p.Explain(d))
-	if sender != "" && d.Key.Kind == policyd.KeyDomain {
+	fmt.Fprintf(stdout, "  why:     %s\n", d.Explain())
+	if sender != "" && d.Key.Kind == rules.KeyDomain {
 		v := e.CheckRecipient(context.Background(), sender, "postmaster@"+d.Key.Name)
 		fmt.Fprintf(stdout, "  at RCPT: %s\n", v.Render())
 	}
@@ -198,7 +200,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	p, err := policyd.LoadFile(config)
+	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		log.Error("configuration is invalid; not starting", "config", config)
@@ -238,7 +240,7 @@ func serve(args []string, stderr io.Writer) int {
 			if err := d.Reload(); err != nil {
 				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err)
 			} else {
-				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Policy().Rules))
+				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Rules().Rules))
 			}
 			continue
 		}

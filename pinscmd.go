@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 )
 
@@ -27,7 +28,7 @@ func pins(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, pinsUsage)
 		return 2
 	}
-	p, err := policyd.LoadFile(config)
+	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -92,7 +93,7 @@ type pinAdmin struct {
 	client *http.Client
 }
 
-func openPinAdmin(s policyd.Settings) (*pinAdmin, error) {
+func openPinAdmin(s rules.Settings) (*pinAdmin, error) {
 	st, err := state.OpenBolt(s.StatePath, 300*time.Millisecond)
 	if err == nil {
 		return &pinAdmin{store: st}, nil

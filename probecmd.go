@@ -13,6 +13,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -26,19 +27,14 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd probe [-config FILE] [-json] DOMAIN")
 		return 2
 	}
-	p, err := policyd.LoadFile(config)
+	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	key, err := policyd.ParseKey(rest[0])
+	target, err := policyd.Target(rest[0])
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return 2
-	}
-	target, ok := key.Target()
-	if !ok {
-		fmt.Fprintf(stderr, "tlspolicyd: %s names no single destination to probe\n", rest[0])
 		return 2
 	}
 	prober, err := policyd.NewProber(p.Settings, policyd.ProbeDeps{})

@@ -13,10 +13,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+	"github.com/tlspolicyd/tlspolicyd/wire"
 )
 
 // Daemon runs every configured listener over one engine. main builds it
@@ -27,12 +28,13 @@ type Daemon struct {
 	store   state.Store
 	pins    *pinBook
 	metrics *Metrics
+	wire    *wire.Metrics
 	log     *slog.Logger
 	gather  prometheus.Gatherer
 	now     func() time.Time
 
 	mu      sync.Mutex // guards reloads; lookups never take it
-	servers []*Server
+	servers []*wire.Server
 	addrs   map[string]net.Addr // protocol -> bound address
 	http    *http.Server
 	wg      sync.WaitGroup
@@ -49,7 +51,7 @@ type Options struct {
 
 // NewDaemon prepares a daemon answering from p, with probes as the
 // settings describe.
-func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
+func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	deps := opts.Probe
 	if deps.Metrics == nil {
 		deps.Metrics = tlsprobe.NewMetrics(opts.Registerer)
@@ -78,7 +80,7 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 	}
 	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
 	book.load(pins)
-	minTLS := p.minTLS()
+	minTLS := p.Settings.MinTLSVersion
 	gatherer, err := NewGatherer(p.Settings, prober, deps)
 	if err != nil {
 		store.Close()
@@ -106,6 +108,7 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 		store:   store,
 		pins:    book,
 		metrics: NewMetrics(opts.Registerer),
+		wire:    wire.NewMetrics(opts.Registerer),
 		log:     opts.Logger,
 		gather:  opts.Gatherer,
 		now:     time.Now,
@@ -119,17 +122,18 @@ func NewDaemon(p *Policy, opts Options) (*Daemon, error) {
 // any listener cannot be opened, the ones already open are closed and the
 // error says which failed.
 func (d *Daemon) Start() error {
-	s := d.Engine.Policy().Settings
+	s := d.Engine.Rules().Settings
 	d.addrs = make(map[string]net.Addr)
+	rcpt := RcptService{Engine: d.Engine, Metrics: d.metrics}
 	type proto struct {
 		name, addr string
-		codec      Codec
+		codec      wire.Codec
 	}
 	protos := []proto{
-		{"socketmap", s.Listen.Socketmap, NewSocketmapCodec(d.Engine)},
-		{"tcptable", s.Listen.TCPTable, NewTCPTableCodec(d.Engine)},
-		{"policy", s.Listen.Policy, NewDelegationCodec(d.Engine, d.metrics)},
-		{"exim", s.Listen.Exim, NewEximCodec(d.Engine, d.Engine, d.metrics)},
+		{"socketmap", s.Listen.Socketmap, wire.NewSocketmapCodec(d.Engine)},
+		{"tcptable", s.Listen.TCPTable, wire.NewTCPTableCodec(d.Engine)},
+		{"policy", s.Listen.Policy, wire.NewDelegationCodec(rcpt)},
+		{"exim", s.Listen.Exim, wire.NewEximCodec(d.Engine, rcpt)},
 	}
 	var listeners []net.Listener
 	closeAll := func() {
@@ -141,27 +145,27 @@ func (d *Daemon) Start() error {
 		if p.addr == "" {
 			continue
 		}
-		l, err := Listen(p.addr, s.SocketMode)
+		l, err := wire.Listen(p.addr, s.SocketMode)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("listen.%s: %w", p.name, err)
 		}
 		listeners = append(listeners, l)
 		d.addrs[p.name] = l.Addr()
-		d.servers = append(d.servers, &Server{
+		d.servers = append(d.servers, &wire.Server{
 			Protocol: p.name,
 			Codec:    p.codec,
 			// A lookup may wait probe.wait for a probe; the reply must
 			// still make its deadline. (A reload that lengthens the wait
 			// applies to connections opened after a restart.)
-			RequestTimeout: max(DefaultRequestTimeout, s.ProbeWait+5*time.Second),
+			RequestTimeout: max(wire.DefaultRequestTimeout, s.ProbeWait+5*time.Second),
 			Logger:         d.log.With("protocol", p.name),
-			Metrics:        d.metrics.Protocol(p.name),
+			Metrics:        d.wire.Protocol(p.name),
 		})
 	}
 	var httpL net.Listener
 	if s.Listen.HTTP != "" {
-		l, err := Listen(s.Listen.HTTP, s.SocketMode)
+		l, err := wire.Listen(s.Listen.HTTP, s.SocketMode)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("listen.http: %w", err)
@@ -178,7 +182,7 @@ func (d *Daemon) Start() error {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, ErrServerClosed) {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, wire.ErrServerClosed) {
 				d.log.Error("server stopped", "protocol", srv.Protocol, "err", err)
 			}
 		}()
@@ -202,71 +206,14 @@ func (d *Daemon) Start() error {
 // which port the system chose.
 func (d *Daemon) Addr(protocol string) net.Addr { return d.addrs[protocol] }
 
-func (d *Daemon) httpHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.gather, promhttp.HandlerOpts{
-		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelError),
-	}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	// Pin administration for `tlspolicyd pins` while the daemon holds the
-	// store. Only local clients may change what the daemon enforces.
-	mux.Handle("GET /admin/pins", localOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.pins.list())
-	})))
-	mux.Handle("PUT /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		d.log.Info("pin added by administrator", "destination", p.Key, "level", p.Level, "expires", p.Expires)
-		writeJSON(w, http.StatusOK, p)
-	})))
-	mux.Handle("DELETE /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		found, err := d.pins.remove(r.PathValue("destination"))
-		switch {
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusBadRequest)
-		case !found:
-			http.Error(w, "no pin for "+r.PathValue("destination"), http.StatusNotFound)
-		default:
-			d.log.Info("pin removed by administrator", "destination", r.PathValue("destination"))
-			w.WriteHeader(http.StatusNoContent)
-		}
-	})))
-	return mux
-}
-
-// localOnly refuses requests that do not come from this machine.
-func localOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		ip := net.ParseIP(host)
-		if err == nil && (ip == nil || !ip.IsLoopback()) {
-			http.Error(w, "pin administration is only allowed from this machine", http.StatusForbidden)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
-
 // Reload loads the configuration file again and puts it in force. An
 // invalid file is refused: the running rules stay, and the error is
 // returned (and counted) so the operator sees it in the log and metrics.
 func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old := d.Engine.Policy()
-	p, err := LoadFile(old.File)
+	old := d.Engine.Rules()
+	p, err := rules.LoadFile(old.File)
 	if err != nil {
 		d.metrics.Reload(false)
 		return err
@@ -277,7 +224,7 @@ func (d *Daemon) Reload() error {
 	if !sameProbing(p.Settings, old.Settings) {
 		d.log.Warn("dns, probe or minimum_tls settings changed; probes use the new ones after the next restart")
 	}
-	d.Engine.SetPolicy(p)
+	d.Engine.SetRules(p)
 	for _, w := range p.Warnings {
 		d.log.Warn("configuration", "warning", w.Error())
 	}
@@ -320,7 +267,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 }
 
 // sameProbing reports whether two settings probe alike.
-func sameProbing(a, b Settings) bool {
+func sameProbing(a, b rules.Settings) bool {
 	return slices.Equal(a.DNSServers, b.DNSServers) && a.DNSTimeout == b.DNSTimeout &&
 		a.ProbePort == b.ProbePort && a.ProbeHelo == b.ProbeHelo && a.ProbeTimeout == b.ProbeTimeout &&
 		a.ProbeTTL == b.ProbeTTL && a.ProbeNegTTL == b.ProbeNegTTL && a.ProbeCAFile == b.ProbeCAFile &&

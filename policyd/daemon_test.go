@@ -18,19 +18,20 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // startDaemon runs a Daemon in-process on loopback ports chosen by the
 // system, from a configuration file written to a temp dir.
-func startDaemon(t *testing.T, rules string) (*Daemon, string) {
+func startDaemon(t *testing.T, config string) (*Daemon, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "rules.yaml")
-	cfg := "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: 127.0.0.1:0\n  http: 127.0.0.1:0\n" + rules
+	cfg := "listen:\n  socketmap: 127.0.0.1:0\n  tcptable: 127.0.0.1:0\n  http: 127.0.0.1:0\n" + config
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := LoadFile(file)
+	p, err := rules.LoadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func (offlineResolver) LookupAddrs(ctx context.Context, host string) ([]netip.Ad
 	return nil, &tlsprobe.DNSError{Name: host, Qtype: "A", Kind: tlsprobe.ErrDNSOther, Err: errors.New("offline test")}
 }
 
-func newTestDaemon(t *testing.T, p *Policy) *Daemon {
+func newTestDaemon(t *testing.T, p *rules.Rules) *Daemon {
 	t.Helper()
 	p.Settings.StatePath = filepath.Join(t.TempDir(), "state.db")
 	reg := prometheus.NewRegistry()
@@ -81,11 +82,16 @@ func socketmapQuery(t *testing.T, r *bufio.Reader, w net.Conn, mapName, key stri
 	if _, err := io.WriteString(w, strconv.Itoa(len(payload))+":"+payload+","); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readNetstring(r, nil, MaxNetstringLen)
-	if err != nil {
-		t.Fatalf("reading reply: %v", err)
+	length, err := r.ReadString(':')
+	n, cerr := strconv.Atoi(strings.TrimSuffix(length, ":"))
+	if err != nil || cerr != nil {
+		t.Fatalf("reading reply: %q, %v", length, err)
 	}
-	return string(got)
+	got := make([]byte, n+1)
+	if _, err := io.ReadFull(r, got); err != nil || got[n] != ',' {
+		t.Fatalf("reading reply: %q, %v", got, err)
+	}
+	return string(got[:n])
 }
 
 func httpGet(t *testing.T, url string) (int, string) {

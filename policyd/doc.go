@@ -1,15 +1,20 @@
-// Package policyd is the tlspolicyd daemon: the YAML rules and their
-// validation, destination matching, the decision engine that turns rules
-// (and, later, probe evidence) into a TLS security level, and the wire
-// protocols that carry those decisions to a mail server.
+// Package policyd is the tlspolicyd daemon: the decision engine that turns
+// the rules (package rules) and the evidence gathered in the background
+// (probes of the destination's MX hosts by tlsprobe, MTA-STS policies,
+// DANE TLSA records, and pins against STARTTLS stripping) into the TLS
+// policy of a destination; the RCPT-time decisions for sender classes;
+// and the assembly of the daemon: the state store, the wire listeners
+// (package wire: socketmap, tcp_table, policy delegation, Exim), metrics
+// and the admin HTTP endpoints.
 //
-// The wire protocols follow Postfix's documentation: socketmap_table(5)
-// (netstrings, one connection carrying many lookups) and tcp_table(5)
-// (one "get KEY" line per lookup, %XX encoding). Every protocol runs on one
-// connection core (Server) that bounds connections, deadlines every read and
-// write, recovers from panics per connection and drains gracefully.
+// The data path: a wire codec reads one request and calls the Engine's
+// LookupTable (or RcptAction); the engine matches the key against the
+// rules in force, and only a destination whose answer evidence could
+// raise goes on to the pins and the findings cache, which a miss makes
+// probe (deduplicated, bounded), waiting at most probe.wait.
 //
-// Replies never weaken a destination below its configured floor: when the
-// engine cannot determine even the floor it answers a temporary failure,
-// which makes Postfix defer the mail rather than send it unprotected.
+// Answers never weaken a destination below its configured floor: evidence
+// only raises, and when the engine cannot determine even the floor it
+// answers a temporary failure, which makes Postfix defer the mail rather
+// than send it unprotected.
 package policyd

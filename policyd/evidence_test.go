@@ -9,16 +9,23 @@ import (
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
-// fakeEvidence answers from a map; a target absent from it is "still
+// fakeFindings answers from a map; a target absent from it is "still
 // probing": Lookup blocks until ctx ends, as the cache does past probe.wait.
-type fakeEvidence struct {
-	mu       sync.Mutex
-	results  map[string]tlsprobe.Result // probe results
-	findings map[string]Findings        // whole findings (published policies), checked first
-	asked    []tlsprobe.Target
+type fakeFindings struct {
+	mu         sync.Mutex
+	results    map[string]tlsprobe.Result // probe results
+	findings   map[string]Findings        // whole findings (published policies), checked first
+	asked      []tlsprobe.Target
+	prefetched []tlsprobe.Target
 }
 
-func (f *fakeEvidence) Get(t tlsprobe.Target) (Findings, bool) {
+func (f *fakeFindings) Prefetch(t tlsprobe.Target) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.prefetched = append(f.prefetched, t)
+}
+
+func (f *fakeFindings) Get(t tlsprobe.Target) (Findings, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, t)
@@ -29,7 +36,7 @@ func (f *fakeEvidence) Get(t tlsprobe.Target) (Findings, bool) {
 	return Findings{Probe: r}, ok
 }
 
-func (f *fakeEvidence) Lookup(ctx context.Context, t tlsprobe.Target) (Findings, bool) {
+func (f *fakeFindings) Lookup(ctx context.Context, t tlsprobe.Target) (Findings, bool) {
 	if r, ok := f.Get(t); ok {
 		return r, true
 	}
@@ -69,7 +76,7 @@ func TestEvidenceRaisesNeverLowers(t *testing.T) {
 	capable := func(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Result {
 		return tlsprobe.Result{Capability: c, Cause: cause}
 	}
-	ev := &fakeEvidence{results: map[string]tlsprobe.Result{
+	ev := &fakeFindings{results: map[string]tlsprobe.Result{
 		"good.test":          capable(tlsprobe.CapVerify, tlsprobe.CauseNone),
 		"selfsigned.test":    capable(tlsprobe.CapEncrypt, tlsprobe.CauseUnknownAuthority),
 		"plain.test":         capable(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
@@ -118,7 +125,7 @@ func TestEvidenceRaisesNeverLowers(t *testing.T) {
 
 func TestEvidenceTargets(t *testing.T) {
 	t.Parallel()
-	ev := &fakeEvidence{results: map[string]tlsprobe.Result{}}
+	ev := &fakeFindings{results: map[string]tlsprobe.Result{}}
 	e := NewEngine(mustLoad(t, evidenceRules), ev)
 	for _, key := range []string{"Mixed.Example.", "[MX.example.net]", "[mx.example.net]:2525", "relay.example.net:587"} {
 		e.LookupTable(context.Background(), "tlspolicy", []byte(key))
@@ -142,7 +149,7 @@ func TestEvidenceTargets(t *testing.T) {
 
 func TestEvidenceWaitBounded(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, evidenceRules), &fakeEvidence{results: map[string]tlsprobe.Result{}})
+	e := NewEngine(mustLoad(t, evidenceRules), &fakeFindings{results: map[string]tlsprobe.Result{}})
 	d := e.Decide(context.Background(), "tarpit.test", "", 20*time.Millisecond)
 	if !d.Waited || d.Probed || d.Answer.Text != "may" {
 		t.Errorf("decision = %+v, want the floor after waiting", d)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -92,27 +93,28 @@ func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target) (dane.Verdi
 	return r.Verdict, r.Detail
 }
 
-// published is what a destination publishes, as a level and the answer
-// text that carries it, if any source applies. DANE comes before MTA-STS
-// (RFC 8461 section 2: where both exist, DANE is used). A DANE lookup that
-// failed gives nothing here: the floor and the other evidence hold.
-func (p *Policy) published(rule *Rule, k Key, f Findings) (Level, Answer, string) {
-	s := p.Settings
+// published is what a destination publishes, as a level and the policy
+// text that carries it, with why, if any source applies. DANE comes before
+// MTA-STS (RFC 8461 section 2: where both exist, DANE is used). A DANE
+// lookup that failed gives nothing here: the floor and the other evidence
+// hold.
+func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f Findings) (rules.Level, string, string) {
+	s := rs.Settings
 	if s.DANEEnabled && rule.DANE {
 		switch f.DANE {
 		case dane.DANEOnly:
-			return LevelDaneOnly, p.answers[LevelDaneOnly], "DANE: usable TLSA records at every MX"
+			return rules.LevelDaneOnly, rs.PolicyText(rules.LevelDaneOnly), "DANE: usable TLSA records at every MX"
 		case dane.MixedDANE:
-			return LevelDane, p.answers[LevelDane], "DANE: usable TLSA records at some MX"
+			return rules.LevelDane, rs.PolicyText(rules.LevelDane), "DANE: usable TLSA records at some MX"
 		case dane.EncryptOnly:
-			return LevelEncrypt, p.answers[LevelEncrypt], "DANE: TLSA records published but none usable: TLS without authentication"
+			return rules.LevelEncrypt, rs.PolicyText(rules.LevelEncrypt), "DANE: TLSA records published but none usable: TLS without authentication"
 		}
 	}
-	if s.MTASTSEnabled && rule.MTASTS && k.Kind == KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
-		return LevelSecure, Answer{Status: StatusOK, Text: renderSTS(*f.STS, s.MinimumTLS, s.PostfixVersion)},
+	if s.MTASTSEnabled && rule.MTASTS && k.Kind == rules.KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
+		return rules.LevelSecure, renderSTS(*f.STS, s.MinimumTLS, s.PostfixVersion),
 			"MTA-STS policy in enforce mode (id " + f.STS.ID + ")"
 	}
-	return LevelUnset, Answer{}, ""
+	return rules.LevelUnset, "", ""
 }
 
 // renderSTS writes an enforced MTA-STS policy as a Postfix "secure"
@@ -120,13 +122,13 @@ func (p *Policy) published(rule *Rule, k Key, f Findings) (Level, Answer, string
 // needs Postfix 3.4 and protocols=>= 3.6; older releases get neither
 // attribute they cannot parse (SNI is then left out, which some servers
 // need; RFC 8461 section 4.2).
-func renderSTS(pol mtasts.Policy, minTLS string, v Version) string {
+func renderSTS(pol mtasts.Policy, minTLS string, v rules.Version) string {
 	var b strings.Builder
 	b.WriteString("secure match=")
 	b.WriteString(pol.PostfixMatch())
 	if v.AtLeast(3, 4) {
 		b.WriteString(" servername=hostname")
 	}
-	b.WriteString(strings.TrimPrefix(renderPolicy(LevelSecure, minTLS, v), "secure"))
+	b.WriteString(strings.TrimPrefix(rules.RenderPolicy(rules.LevelSecure, minTLS, v), "secure"))
 	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -32,7 +33,7 @@ func TestPublishedPolicies(t *testing.T) {
 	testing := &mtasts.Policy{Version: "STSv1", Mode: mtasts.ModeTesting, MX: []string{"mx1.example.com"}, MaxAge: time.Hour, ID: "1"}
 	verified := tlsprobe.Result{Capability: tlsprobe.CapVerify}
 	plain := tlsprobe.Result{Capability: tlsprobe.CapNone, Cause: tlsprobe.CauseNoSTARTTLS}
-	ev := &fakeEvidence{findings: map[string]Findings{
+	ev := &fakeFindings{findings: map[string]Findings{
 		"daneonly.test":       {Probe: verified, DANE: dane.DANEOnly},
 		"mixed.test":          {Probe: verified, DANE: dane.MixedDANE},
 		"broken.test":         {Probe: plain, DANE: dane.EncryptOnly},
@@ -60,12 +61,12 @@ func TestPublishedPolicies(t *testing.T) {
 		"floor-daneonly.test": "dane-only protocols=>=TLSv1.2", // nothing lowers the floor
 		"[sts.test]":          "verify protocols=>=TLSv1.2",    // MTA-STS is for recipient domains only
 	} {
-		if got := e.LookupTable(context.Background(), MapTLSPolicy, []byte(key)); got.Text != want {
+		if got := e.LookupTable(context.Background(), rules.MapTLSPolicy, []byte(key)); got.Text != want {
 			t.Errorf("%s = %q, want %q", key, got.Text, want)
 		}
 	}
 	d := e.Decide(context.Background(), "sts.test", "", 0)
-	if d.Published == "" || d.Level != LevelSecure {
+	if d.Published == "" || d.Level != rules.LevelSecure {
 		t.Errorf("decision %+v does not say MTA-STS decided", d)
 	}
 }
@@ -74,12 +75,12 @@ func TestRenderSTSForOlderPostfix(t *testing.T) {
 	t.Parallel()
 	pol := mtasts.Policy{Mode: mtasts.ModeEnforce, MX: []string{"mx.example.com"}}
 	for _, tt := range []struct {
-		v    Version
+		v    rules.Version
 		want string
 	}{
-		{Version{3, 7}, "secure match=mx.example.com servername=hostname protocols=>=TLSv1.2"},
-		{Version{3, 5}, "secure match=mx.example.com servername=hostname protocols=!SSLv2:!SSLv3:!TLSv1:!TLSv1.1"},
-		{Version{3, 3}, "secure match=mx.example.com protocols=!SSLv2:!SSLv3:!TLSv1:!TLSv1.1"}, // no servername= before 3.4
+		{rules.Version{Major: 3, Minor: 7}, "secure match=mx.example.com servername=hostname protocols=>=TLSv1.2"},
+		{rules.Version{Major: 3, Minor: 5}, "secure match=mx.example.com servername=hostname protocols=!SSLv2:!SSLv3:!TLSv1:!TLSv1.1"},
+		{rules.Version{Major: 3, Minor: 3}, "secure match=mx.example.com protocols=!SSLv2:!SSLv3:!TLSv1:!TLSv1.1"}, // no servername= before 3.4
 	} {
 		if got := renderSTS(pol, "TLSv1.2", tt.v); got != tt.want {
 			t.Errorf("Postfix %s: %q, want %q", tt.v, got, tt.want)

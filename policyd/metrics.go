@@ -6,58 +6,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics holds the daemon's Prometheus collectors. It is created once by
-// main with the registry it owns and handed to every server and the engine.
-// Label values are bounded sets (protocol names, results): never a domain or
-// an address, which would grow without limit.
+// Metrics holds the daemon's own Prometheus collectors (the wire protocols
+// and the evidence packages register theirs). main creates the registry and
+// the daemon registers on it once. Label values are bounded sets: never a
+// domain or an address, which would grow without limit.
 type Metrics struct {
-	requests      *requestCollector
-	connsOpen     *prometheus.GaugeVec
-	connsRejected *prometheus.CounterVec
-	panics        *prometheus.CounterVec
-	reloads       *prometheus.CounterVec
-	configLoaded  prometheus.Gauge
-	configRules   prometheus.Gauge
-	decisions     *prometheus.CounterVec
+	reloads      *prometheus.CounterVec
+	configLoaded prometheus.Gauge
+	configRules  prometheus.Gauge
+	decisions    *prometheus.CounterVec
 }
-
-// Result is the outcome of one request, the value of the "result" label.
-// The first four follow Status, so that a lookup's status converts as is.
-type Result uint8
-
-const (
-	ResultOK Result = iota
-	ResultNotFound
-	ResultTemp
-	ResultPerm
-	ResultMalformed // a request that could not be parsed
-	ResultOversized // a request over the size limit
-	numResults
-)
-
-var resultNames = [numResults]string{"ok", "notfound", "temp", "perm", "malformed", "oversized"}
-
-func (r Result) String() string { return resultNames[r] }
-
-// StatusResult is the result of a lookup that ended with status s.
-func StatusResult(s Status) Result { return Result(s) }
 
 // NewMetrics creates and registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		requests: newRequestCollector(),
-		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tlspolicyd_connections_open",
-			Help: "Client connections currently open, by wire protocol.",
-		}, []string{"protocol"}),
-		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_connections_rejected_total",
-			Help: "Connections closed at once because the connection cap was reached.",
-		}, []string{"protocol"}),
-		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_panics_total",
-			Help: "Panics recovered while serving a connection (each closes only that connection).",
-		}, []string{"protocol"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tlspolicyd_config_reloads_total",
 			Help: "Configuration reloads (SIGHUP), by result: success or failure.",
@@ -75,8 +37,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "RCPT-time decisions, by sender class (\"default\" for none) and action.",
 		}, []string{"class", "action"}),
 	}
-	reg.MustRegister(m.requests, m.connsOpen, m.connsRejected, m.panics,
-		m.reloads, m.configLoaded, m.configRules, m.decisions)
+	reg.MustRegister(m.reloads, m.configLoaded, m.configRules, m.decisions)
 	// Show both reload results from the start, so that alerts on
 	// increase(...{result="failure"}) have a series to work on.
 	m.reloads.WithLabelValues("success")
@@ -99,35 +60,15 @@ func (m *Metrics) Reload(ok bool) {
 	}
 }
 
-// Decision counts one RCPT-time decision. Class names come from the
+// rcptDecision counts one RCPT-time decision. Class names come from the
 // configuration, so the label set stays bounded. m may be nil.
-func (m *Metrics) Decision(v Verdict) {
+func (m *Metrics) rcptDecision(d RcptDecision) {
 	if m == nil {
 		return
 	}
 	class := "default"
-	if v.Class != nil {
-		class = v.Class.Name
+	if d.Class != nil {
+		class = d.Class.Name
 	}
-	m.decisions.WithLabelValues(class, v.Action.String()).Inc()
-}
-
-// ProtocolMetrics are one protocol's collectors, resolved once. Per-request
-// counts go to per-connection counters (see requestStats); connection events are
-// rare and use ordinary collectors.
-type ProtocolMetrics struct {
-	*requestStats
-	Open     prometheus.Gauge
-	Rejected prometheus.Counter
-	Panics   prometheus.Counter
-}
-
-// Protocol returns the collectors for one wire protocol.
-func (m *Metrics) Protocol(name string) *ProtocolMetrics {
-	return &ProtocolMetrics{
-		requestStats: m.requests.protocol(name),
-		Open:         m.connsOpen.WithLabelValues(name),
-		Rejected:     m.connsRejected.WithLabelValues(name),
-		Panics:       m.panics.WithLabelValues(name),
-	}
+	m.decisions.WithLabelValues(class, d.Action.String()).Inc()
 }

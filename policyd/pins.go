@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
@@ -63,8 +64,8 @@ func (b *pinBook) get(key string) (*state.Pin, bool) {
 }
 
 // pinLevel is the level a pin stands for.
-func pinLevel(p *state.Pin) Level {
-	l, _ := ParseLevel(p.Level)
+func pinLevel(p *state.Pin) rules.Level {
+	l, _ := rules.ParseLevel(p.Level)
 	return l
 }
 
@@ -90,7 +91,7 @@ func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pi
 	now := b.now()
 	old, had := b.get(key)
 	switch {
-	case had && shown < pinLevel(old):
+	case had && !shown.AtLeast(pinLevel(old)):
 		p := *old
 		p.LastDowngrade, p.DowngradeReason = now, r.Reason(minTLS)
 		b.put(&p)
@@ -99,11 +100,11 @@ func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pi
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
 			"pin_expires", p.Expires)
 		return p, true
-	case shown >= LevelEncrypt:
+	case shown.AtLeast(rules.LevelEncrypt):
 		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
 		if had {
 			p.FirstSeen, p.LastDowngrade, p.DowngradeReason = old.FirstSeen, old.LastDowngrade, old.DowngradeReason
-			if pinLevel(old) > shown {
+			if !shown.AtLeast(pinLevel(old)) {
 				p.Level = old.Level
 			}
 		}
@@ -126,13 +127,9 @@ func (b *pinBook) persist(p state.Pin) {
 // PinKey is the key under which a destination's pin is kept: the probe
 // target of the destination as Postfix names it.
 func PinKey(destination string) (string, error) {
-	k, err := ParseKey(destination)
+	t, err := Target(destination)
 	if err != nil {
 		return "", err
-	}
-	t, ok := k.Target()
-	if !ok {
-		return "", fmt.Errorf("%s names no single destination", destination)
 	}
 	return t.Key(), nil
 }
@@ -143,11 +140,11 @@ func AdminPin(destination, level string, ttl time.Duration, now time.Time) (stat
 	if err != nil {
 		return state.Pin{}, err
 	}
-	l, err := ParseLevel(level)
+	l, err := rules.ParseLevel(level)
 	if err != nil {
 		return state.Pin{}, err
 	}
-	if l != LevelEncrypt && l != LevelVerify {
+	if l != rules.LevelEncrypt && l != rules.LevelVerify {
 		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", l)
 	}
 	return state.Pin{Key: key, Level: l.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(ttl), Source: "admin"}, nil

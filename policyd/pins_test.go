@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
@@ -149,7 +150,7 @@ classes:
 
 func TestEngineAnswersFromPins(t *testing.T) {
 	t.Parallel()
-	ev := &fakeEvidence{results: map[string]tlsprobe.Result{
+	ev := &fakeFindings{results: map[string]tlsprobe.Result{
 		// The probe now sees plaintext everywhere: a stripping attacker.
 		"pinned.test":  result(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
 		"capped.test":  result(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
@@ -173,7 +174,7 @@ func TestEngineAnswersFromPins(t *testing.T) {
 		"expired.test": "may",
 		"waiting.test": "verify protocols=>=TLSv1.2", // answered at once; no wait for the probe
 	} {
-		if got := e.LookupTable(ctx, MapTLSPolicy, []byte(key)); got.Text != want {
+		if got := e.LookupTable(ctx, rules.MapTLSPolicy, []byte(key)); got.Text != want {
 			t.Errorf("%s = %q, want %q", key, got.Text, want)
 		}
 	}
@@ -217,12 +218,12 @@ func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 	}
 	defer d.Shutdown(context.Background())
 	ctx := context.Background()
-	if got := d.Engine.LookupTable(ctx, MapTLSPolicy, []byte("pinned.test")); got.Text != "verify protocols=>=TLSv1.2" {
+	if got := d.Engine.LookupTable(ctx, rules.MapTLSPolicy, []byte("pinned.test")); got.Text != "verify protocols=>=TLSv1.2" {
 		t.Errorf("pinned.test after restart = %q", got.Text)
 	}
 	// probe.wait is 0 and the resolver is offline: only the restored
 	// result can give encrypt.
-	if got := d.Engine.LookupTable(ctx, MapTLSPolicy, []byte("probed.test")); got.Text != "encrypt protocols=>=TLSv1.2" {
+	if got := d.Engine.LookupTable(ctx, rules.MapTLSPolicy, []byte("probed.test")); got.Text != "encrypt protocols=>=TLSv1.2" {
 		t.Errorf("probed.test after restart = %q", got.Text)
 	}
 }

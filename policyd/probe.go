@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -28,7 +29,7 @@ type ProbeDeps struct {
 }
 
 // NewProber builds the prober the settings describe.
-func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
+func NewProber(s rules.Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 	res := deps.Resolver
 	if res == nil {
 		c, err := tlsprobe.NewDNSClient(s.DNSServers, s.DNSTimeout)
@@ -41,10 +42,6 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 	if err != nil {
 		return nil, err
 	}
-	minVersion, err := tlsprobe.ParseVersion(s.MinimumTLS)
-	if err != nil {
-		return nil, err
-	}
 	return &tlsprobe.Prober{
 		Resolver:     res,
 		Dial:         deps.Dial,
@@ -52,7 +49,7 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 		Roots:        roots,
 		Helo:         s.ProbeHelo,
 		Port:         s.ProbePort,
-		MinVersion:   minVersion,
+		MinVersion:   s.MinTLSVersion,
 		Timeout:      s.ProbeTimeout,
 		StepTimeout:  min(s.ProbeTimeout, tlsprobe.DefaultStepTimeout),
 		AllowPrivate: s.AllowPrivate,
@@ -62,7 +59,7 @@ func NewProber(s Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 
 // NewGatherer builds what gathers Findings as the settings describe: the
 // probe of p and, when enabled, DANE and MTA-STS.
-func NewGatherer(s Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gatherer, error) {
+func NewGatherer(s rules.Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gatherer, error) {
 	g := &Gatherer{probe: p, timeout: s.ProbeTimeout}
 	if s.DANEEnabled {
 		g.dane = &dane.Checker{
@@ -95,7 +92,7 @@ func NewGatherer(s Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gatherer, err
 
 // NewProbeCache builds the cache of Findings the settings describe, filled
 // by g. onResult (may be nil) sees every value the cache stores.
-func NewProbeCache(s Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+func NewProbeCache(s rules.Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
 	return tlsprobe.NewCache(g.Gather, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -24,24 +25,24 @@ var actionNames = [...]string{"dunno", "reject", "defer", "discard", "hold", "fi
 // String is the action's metric label value.
 func (a Action) String() string { return actionNames[a] }
 
-// Verdict is the RCPT-time decision for one sender and recipient.
-type Verdict struct {
+// RcptDecision is the RCPT-time decision for one sender and recipient.
+type RcptDecision struct {
 	Action Action
-	Class  *Class // the sender's class, nil for the default class
-	Rule   *Rule  // the recipient domain's rule
+	Class  *rules.Class // the sender's class, nil for the default class
+	Rule   *rules.Rule  // the recipient domain's rule
 	// Need is the level the requirement that failed asked for (class or
 	// destination rule); Reason says why it cannot be met, or why the
 	// answer is not known.
-	Need    Level
+	Need    rules.Level
 	Reason  string
 	Message string // the configured message (class) or a default
 	Route   string // the fallback route, for ActionFilter
 }
 
-// Render writes the verdict as a Postfix access(5) action: the text
+// Render writes the decision as a Postfix access(5) action: the text
 // carries the enhanced status code, the configured message and the reason,
 // so the sender learns at once why the recipient was refused.
-func (v Verdict) Render() string {
+func (v RcptDecision) Render() string {
 	switch v.Action {
 	case ActionDunno:
 		return "DUNNO"
@@ -59,7 +60,7 @@ func (v Verdict) Render() string {
 	return "DEFER_IF_PERMIT 4.7.10 internal error"
 }
 
-func (v Verdict) text() string {
+func (v RcptDecision) text() string {
 	t := v.Message
 	if v.Reason != "" {
 		t += " (" + v.Reason + ")"
@@ -83,8 +84,8 @@ const defaultRuleMessage = "recipient domain cannot receive mail with the TLS pr
 
 // requirement is one level a recipient must meet, and what to do if not.
 type requirement struct {
-	need     Level
-	onFail   OnFail
+	need     rules.Level
+	onFail   rules.OnFail
 	fallback string
 	message  string
 }
@@ -95,24 +96,24 @@ type requirement struct {
 // evidence says whether it can meet it. A probe not finished within wait,
 // or a temporary failure, defers: the sending MTA retries, and the probe
 // is ready by then.
-func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) Verdict {
-	p := e.policy.Load()
-	wait := p.Settings.ProbeWait
-	v := Verdict{Class: p.senders.classFor(sender)}
+func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) RcptDecision {
+	rs := e.rules.Load()
+	v := RcptDecision{Class: rs.ClassFor(sender)}
 	domain := recipientDomain(recipient)
 	if domain == "" {
 		return v // no domain (a local recipient): not ours to judge
 	}
-	k, err := ParseKey(domain)
-	if err != nil || k.Kind != KeyDomain {
+	k, err := rules.ParseKey(domain)
+	if err != nil || k.Kind != rules.KeyDomain {
 		return v
 	}
-	v.Rule = p.Match(k)
+	t, _ := targetOf(k) // a domain always names a target
+	v.Rule = rs.Match(k)
 	var reqs []requirement
 	if c := v.Class; c != nil && c.Level.Encrypted() {
 		reqs = append(reqs, requirement{c.Level, c.OnFail, c.Fallback, c.Message})
 	}
-	if r := v.Rule; r.OnFail != OnFailUnset && r.Level.Encrypted() {
+	if r := v.Rule; r.OnFail != rules.OnFailUnset && r.Level.Encrypted() {
 		reqs = append(reqs, requirement{r.Level, r.OnFail, r.Fallback, defaultRuleMessage})
 	}
 	if len(reqs) == 0 {
@@ -121,24 +122,22 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) V
 	// A valid pin vouches for what the destination has shown before: at
 	// delivery the class map enforces it, so a stripping attacker makes
 	// the mail defer, not go out in plaintext.
-	pinned := LevelUnset
-	if t, ok := k.Target(); ok {
-		if pin, ok := e.pinFor(t); ok {
-			pinned = pinLevel(pin)
-		}
+	pinned := rules.LevelUnset
+	if pin, ok := e.pinFor(t); ok {
+		pinned = pinLevel(pin)
 	}
 	var res tlsprobe.Result
 	looked, ok := false, false
 	for _, req := range reqs {
-		if pinned >= capabilityLevel(neededCapability(req.need)) {
+		if pinned.AtLeast(capabilityLevel(neededCapability(req.need))) {
 			continue
 		}
 		if !looked {
 			var f Findings
-			f, ok = e.evidenceFor(ctx, k, wait)
+			f, ok = e.findingsFor(ctx, t, rs.Settings.ProbeWait)
 			res, looked = f.Probe, true
 		}
-		if out := judge(req, res, ok, p.minTLS()); out.Action != ActionDunno {
+		if out := judge(req, res, ok, rs.Settings.MinTLSVersion); out.Action != ActionDunno {
 			out.Class, out.Rule = v.Class, v.Rule
 			return out
 		}
@@ -147,32 +146,32 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) V
 }
 
 // judge checks one requirement against the evidence.
-func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) Verdict {
+func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) RcptDecision {
 	// Not knowing is not failing: those defers say so, without the
 	// configured message (which tells the sender the domain cannot).
-	v := Verdict{Need: req.need, Message: checkingMessage}
+	v := RcptDecision{Need: req.need, Message: checkingMessage}
 	switch {
 	case !known:
 		v.Action, v.Reason = ActionDefer, "not known yet; try again later"
 		return v
 	case res.Cause == tlsprobe.CauseNXDomain || res.Cause == tlsprobe.CauseNullMX:
-		return Verdict{} // the domain takes no mail; delivery will fail on its own
+		return RcptDecision{} // the domain takes no mail; delivery will fail on its own
 	case res.Failed():
 		v.Action, v.Reason = ActionDefer, "cannot check now: "+res.Reason(minTLS)
 		return v
 	}
 	if res.Capability >= neededCapability(req.need) {
-		return Verdict{}
+		return RcptDecision{}
 	}
 	v.Message, v.Reason = req.message, res.Reason(minTLS)
 	switch req.onFail {
-	case OnFailDefer:
+	case rules.OnFailDefer:
 		v.Action = ActionDefer
-	case OnFailDiscard:
+	case rules.OnFailDiscard:
 		v.Action = ActionDiscard
-	case OnFailHold:
+	case rules.OnFailHold:
 		v.Action = ActionHold
-	case OnFailFallback:
+	case rules.OnFailFallback:
 		v.Action, v.Route = ActionFilter, req.fallback
 	default:
 		v.Action = ActionReject
@@ -183,8 +182,8 @@ func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) Verd
 // neededCapability is the probe capability that lets a destination meet
 // level l. Probes cannot establish DANE or the name match of secure, so
 // those ask for the most a probe can show: a verified chain and name.
-func neededCapability(l Level) tlsprobe.Capability {
-	if l == LevelEncrypt {
+func neededCapability(l rules.Level) tlsprobe.Capability {
+	if l == rules.LevelEncrypt {
 		return tlsprobe.CapEncrypt
 	}
 	return tlsprobe.CapVerify
@@ -200,8 +199,17 @@ func recipientDomain(addr string) string {
 	return addr[i+1:]
 }
 
-// minTLS is the minimum TLS version as a number, for reasons.
-func (p *Policy) minTLS() uint16 {
-	v, _ := tlsprobe.ParseVersion(p.Settings.MinimumTLS)
-	return v
+// RcptService answers the wire's RCPT-time requests (policy delegation and
+// Exim's rcpt.check) with the engine's decisions, counting each by class
+// and action.
+type RcptService struct {
+	Engine  *Engine
+	Metrics *Metrics // nil: not counted
+}
+
+// RcptAction implements wire.RcptChecker.
+func (s RcptService) RcptAction(ctx context.Context, sender, recipient string) string {
+	d := s.Engine.CheckRecipient(ctx, sender, recipient)
+	s.Metrics.rcptDecision(d)
+	return d.Render()
 }

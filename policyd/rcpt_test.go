@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+	"github.com/tlspolicyd/tlspolicyd/wire"
 )
 
 const rcptRules = `
@@ -43,13 +45,13 @@ classes:
     on_fail: defer
 `
 
-func rcptEvidence() *fakeEvidence {
+func rcptEvidence() *fakeFindings {
 	host := func(name string, c tlsprobe.Capability, cause tlsprobe.Cause, v uint16) tlsprobe.Result {
 		return tlsprobe.Result{Capability: c, Cause: cause, Hosts: []tlsprobe.HostResult{
 			{Host: name, Capability: c, Cause: cause, TLSVersion: v, STARTTLS: cause != tlsprobe.CauseNoSTARTTLS},
 		}}
 	}
-	return &fakeEvidence{results: map[string]tlsprobe.Result{
+	return &fakeFindings{results: map[string]tlsprobe.Result{
 		"good.test":     host("mx.good.test", tlsprobe.CapVerify, tlsprobe.CauseNone, 0x0304),
 		"plain.test":    host("mx.plain.test", tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS, 0),
 		"old.test":      host("mx.old.test", tlsprobe.CapNone, tlsprobe.CauseOldTLS, 0x0301),
@@ -99,7 +101,7 @@ func TestCheckRecipient(t *testing.T) {
 
 func TestVerdictRenderIsOneLine(t *testing.T) {
 	t.Parallel()
-	v := Verdict{Action: ActionReject, Message: "bad\r\nline", Reason: "x\ny"}
+	v := RcptDecision{Action: ActionReject, Message: "bad\r\nline", Reason: "x\ny"}
 	if got := v.Render(); strings.ContainsAny(got, "\r\n") {
 		t.Errorf("Render = %q, must be one line", got)
 	}
@@ -109,28 +111,28 @@ func TestTransportMap(t *testing.T) {
 	t.Parallel()
 	ev := rcptEvidence()
 	ev.results["partner-ok.test"] = tlsprobe.Result{Capability: tlsprobe.CapVerify}
-	rules := strings.Replace(rcptRules, "  - match: strict.test", `  - match: partner-ok.test
+	text := strings.Replace(rcptRules, "  - match: strict.test", `  - match: partner-ok.test
     level: verify
     fallback: "smtp:[gw.test]"
   - match: unknown-yet.test
     level: verify
     fallback: "smtp:[gw.test]"
   - match: strict.test`, 1)
-	e := NewEngine(mustLoad(t, rules), ev)
+	e := NewEngine(mustLoad(t, text), ev)
 	tests := []struct {
 		key    string
-		status Status
+		status wire.Status
 		text   string
 	}{
-		{"partner.test", StatusOK, "smtp:[gateway.partner.test]:2525"}, // cannot meet verify
-		{"user@partner.test", StatusNotFound, ""},                      // address keys: ask the domain
-		{"partner-ok.test", StatusNotFound, ""},                        // meets its level
-		{"unknown-yet.test", StatusNotFound, ""},                       // no evidence yet: direct, under its floor
-		{"strict.test", StatusNotFound, ""},                            // no fallback configured
-		{"plain.test", StatusNotFound, ""},                             // no rule
+		{"partner.test", wire.StatusOK, "smtp:[gateway.partner.test]:2525"}, // cannot meet verify
+		{"user@partner.test", wire.StatusNotFound, ""},                      // address keys: ask the domain
+		{"partner-ok.test", wire.StatusNotFound, ""},                        // meets its level
+		{"unknown-yet.test", wire.StatusNotFound, ""},                       // no evidence yet: direct, under its floor
+		{"strict.test", wire.StatusNotFound, ""},                            // no fallback configured
+		{"plain.test", wire.StatusNotFound, ""},                             // no rule
 	}
 	for _, tt := range tests {
-		got := e.LookupTable(context.Background(), MapTransport, []byte(tt.key))
+		got := e.LookupTable(context.Background(), rules.MapTransport, []byte(tt.key))
 		if got.Status != tt.status || got.Text != tt.text {
 			t.Errorf("transport %s = %v %q, want %v %q", tt.key, got.Status, got.Text, tt.status, tt.text)
 		}
@@ -148,8 +150,8 @@ func TestSenderTransportMap(t *testing.T) {
 		"someone@example.org": "",
 		"@example.org":        "",
 	} {
-		got := e.LookupTable(context.Background(), MapSenderTransport, []byte(key))
-		if want == "" && got.Status != StatusNotFound || want != "" && (got.Status != StatusOK || got.Text != want) {
+		got := e.LookupTable(context.Background(), rules.MapSenderTransport, []byte(key))
+		if want == "" && got.Status != wire.StatusNotFound || want != "" && (got.Status != wire.StatusOK || got.Text != want) {
 			t.Errorf("sender.transport %s = %v %q, want %q", key, got.Status, got.Text, want)
 		}
 	}

@@ -203,6 +203,19 @@ func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 	}
 }
 
+// Prefetch makes sure a result for t is cached or being gathered, without
+// waiting: a fresh result is left alone, a stale one is refreshed in the
+// background, and a miss starts a probe whose result a later lookup finds.
+// A lookup that can answer without evidence (from a pin) calls it so that
+// the evidence stays fresh.
+func (c *Cache[V]) Prefetch(t Target) {
+	if _, ok := c.Get(t); ok {
+		return
+	}
+	c.cfg.Metrics.cacheLookup(cacheMiss)
+	c.start(t, t.Key())
+}
+
 // Probe runs a probe now, ignoring the cache (for `tlspolicyd probe`), and
 // stores its result.
 func (c *Cache[V]) Probe(ctx context.Context, t Target) V {

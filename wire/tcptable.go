@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -52,13 +52,12 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		return tc.badRequest(c, err)
 	}
 	a := tc.lookup.LookupTable(ctx, TCPTableMap, key)
-	var result Result
+	var result RequestResult
 	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], a)
-	if _, err := c.W.Write(c.Scratch); err != nil {
+	d, err := c.endRequest(result)
+	if err != nil {
 		return err
 	}
-	d := c.Elapsed()
-	c.CountRequest(result, d)
 	if c.debug {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", TCPTableMap),
 			slog.String("key", string(key)), slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))),
@@ -93,7 +92,7 @@ func parseTCPTableRequest(line []byte) ([]byte, error) {
 // appendTCPTableReply appends the reply line for a and returns the result
 // label to count. A reply over MaxTCPTableLine, or a status the codec does
 // not know, becomes a 400.
-func appendTCPTableReply(dst []byte, a Answer) ([]byte, Result) {
+func appendTCPTableReply(dst []byte, a Answer) ([]byte, RequestResult) {
 	var code, text string
 	switch a.Status {
 	case StatusOK:
@@ -113,7 +112,7 @@ func appendTCPTableReply(dst []byte, a Answer) ([]byte, Result) {
 	if len(dst)-n > MaxTCPTableLine {
 		return appendTCPTableLine(dst[:n], "400 ", "reply too long"), ResultTemp
 	}
-	return dst, StatusResult(a.Status)
+	return dst, resultOf(a.Status)
 }
 
 // appendTCPTableLine appends a reply line: the code, the encoded text, '\n'.

@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 )
 
 // The Postfix SMTP access policy delegation protocol (SMTPD_POLICY_README):
@@ -78,20 +77,14 @@ func readPolicyRequest(r *bufio.Reader, req *policyRequest) error {
 	}
 }
 
-// RecipientChecker makes the RCPT-time decision; the Engine is one.
-type RecipientChecker interface {
-	CheckRecipient(ctx context.Context, sender, recipient string) Verdict
-}
-
 type delegationCodec struct {
-	check   RecipientChecker
-	metrics *Metrics
+	check RcptChecker
 }
 
-// NewDelegationCodec returns the policy delegation codec. m counts
-// decisions by class and action; it may be nil.
-func NewDelegationCodec(check RecipientChecker, m *Metrics) Codec {
-	return &delegationCodec{check: check, metrics: m}
+// NewDelegationCodec returns the policy delegation codec: RCPT-state
+// requests are answered by check, every other request with DUNNO.
+func NewDelegationCodec(check RcptChecker) Codec {
+	return &delegationCodec{check: check}
 }
 
 // ServeRequest reads one attribute block and writes its action. Malformed
@@ -107,23 +100,20 @@ func (dc *delegationCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		}
 		return err
 	}
-	action := "DUNNO"
+	action := ActionDunno
 	if req.request == "smtpd_access_policy" && req.state == "RCPT" {
-		v := dc.check.CheckRecipient(ctx, req.sender, req.recipient)
-		action = v.Render()
-		dc.metrics.Decision(v)
-		if v.Action != ActionDunno {
+		action = dc.check.RcptAction(ctx, req.sender, req.recipient)
+		if action != ActionDunno {
 			c.Logger().Info("recipient refused or rerouted", "sender", req.sender, "recipient", req.recipient,
 				"action", action)
 		}
 	}
 	c.Scratch = append(append(append(c.Scratch[:0], "action="...), action...), "\n\n"...)
-	if _, err := c.W.Write(c.Scratch); err != nil {
+	d, err := c.endRequest(ResultOK)
+	if err != nil {
 		return err
 	}
-	d := c.Elapsed()
-	c.CountRequest(ResultOK, d)
-	if c.Logger().Enabled(ctx, slog.LevelDebug) {
+	if c.debug {
 		c.Logger().Debug("policy request", "state", req.state, "sender", req.sender,
 			"recipient", req.recipient, "action", action, "duration", d)
 	}

@@ -1,4 +1,4 @@
-package policyd
+package rules
 
 import (
 	"bytes"
@@ -6,17 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"strings"
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
-
-	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // KeyKind says which form of Postfix next-hop a lookup key has. Postfix
 // sends the next hop as it appears in the transport or the recipient
-// domain (PROTOCOLS.md, "Keys Postfix sends").
+// domain, in the case it was written (docs/interface.md, "Keys").
 type KeyKind uint8
 
 const (
@@ -57,15 +54,6 @@ type Key struct {
 	Direct bool
 }
 
-// Target is what to probe for this key: a domain's MX hosts, or the
-// bracketed host itself. A .parent key names no single destination.
-func (k Key) Target() (tlsprobe.Target, bool) {
-	if k.Kind == KeyParent || k.Kind == 0 {
-		return tlsprobe.Target{}, false
-	}
-	return tlsprobe.Target{Name: strings.TrimPrefix(k.Host, "ipv6:"), Direct: k.Direct, Port: k.Port}, true
-}
-
 // String renders the key in Postfix's form.
 func (k Key) String() string {
 	if k.Kind == KeyParent {
@@ -81,46 +69,47 @@ var ErrInvalidKey = errors.New("invalid destination")
 // with room for Unicode forms before conversion.
 const maxNameLen = 1024
 
-// keyBufLen is the room a lookup reserves on its stack for the normalised
-// key. Every valid domain name and next hop fits; a longer key still
-// parses, into memory that append allocates.
-const keyBufLen = 320
+// KeyBuf is room on a lookup's stack for a normalised key. Every valid
+// domain name and next hop fits; a longer key still parses, into memory
+// that append allocates.
+type KeyBuf [320]byte
 
 // ParseKey normalises a key as Postfix sends it. Case is folded, one
 // trailing dot is ignored and Unicode names become A-labels, so that
 // "Bücher.Example." and "xn--bcher-kva.example" are the same destination.
 func ParseKey(raw string) (Key, error) {
-	v, err := parseKey(make([]byte, 0, len(raw)+8), []byte(raw))
+	v, err := AppendKey(make([]byte, 0, len(raw)+8), []byte(raw))
 	if err != nil {
 		return Key{}, err
 	}
-	return v.key(), nil
+	return v.Key(), nil
 }
 
-// keyView is a parsed key held in a caller's buffer rather than in
+// KeyView is a parsed key held in a caller's buffer rather than in
 // strings: what the table lookups work on, so that answering from the
-// rules allocates nothing. name is the normalised key's Name; the host is
-// name[hostOff:hostEnd].
-type keyView struct {
-	kind             KeyKind
-	name             []byte
+// rules allocates nothing. Name is the normalised key's Name; the host is
+// Name[hostOff:hostEnd].
+type KeyView struct {
+	Kind             KeyKind
+	Name             []byte
 	hostOff, hostEnd int
 	port             int
 	direct           bool
 }
 
-// key copies the view into a Key (one allocation: Host shares Name's
+// Key copies the view into a Key (one allocation: Host shares Name's
 // bytes).
-func (v keyView) key() Key {
-	name := string(v.name)
-	return Key{Kind: v.kind, Name: name, Host: name[v.hostOff:v.hostEnd], Port: v.port, Direct: v.direct}
+func (v KeyView) Key() Key {
+	name := string(v.Name)
+	return Key{Kind: v.Kind, Name: name, Host: name[v.hostOff:v.hostEnd], Port: v.port, Direct: v.direct}
 }
 
-// parseKey is ParseKey's parser: it appends the normalised key to dst
-// (empty, with the capacity the caller wants to use) and describes it.
-func parseKey(dst, raw []byte) (keyView, error) {
+// AppendKey is ParseKey without strings: it appends the normalised key to
+// dst (empty, with the capacity the caller wants to use, such as a KeyBuf
+// on its stack) and describes it. raw is not retained.
+func AppendKey(dst, raw []byte) (KeyView, error) {
 	if len(raw) == 0 || len(raw) > maxNameLen {
-		return keyView{}, fmt.Errorf("%w: empty or too long", ErrInvalidKey)
+		return KeyView{}, fmt.Errorf("%w: empty or too long", ErrInvalidKey)
 	}
 	switch {
 	case raw[0] == '[':
@@ -129,53 +118,53 @@ func parseKey(dst, raw []byte) (keyView, error) {
 		i := bytes.LastIndexByte(raw, ':')
 		port, err := parsePort(raw[i+1:])
 		if err != nil {
-			return keyView{}, err
+			return KeyView{}, err
 		}
 		name, err := appendName(dst, raw[:i])
 		if err != nil {
-			return keyView{}, err
+			return KeyView{}, err
 		}
 		host := len(name)
 		name = strconv.AppendInt(append(name, ':'), int64(port), 10)
-		return keyView{kind: KeyVerbatim, name: name, hostEnd: host, port: port}, nil
+		return KeyView{Kind: KeyVerbatim, Name: name, hostEnd: host, port: port}, nil
 	case raw[0] == '.':
 		name, err := appendName(dst, raw[1:])
 		if err != nil {
-			return keyView{}, err
+			return KeyView{}, err
 		}
-		return keyView{kind: KeyParent, name: name}, nil
+		return KeyView{Kind: KeyParent, Name: name}, nil
 	}
 	name, err := appendName(dst, raw)
 	if err != nil {
-		return keyView{}, err
+		return KeyView{}, err
 	}
-	return keyView{kind: KeyDomain, name: name, hostEnd: len(name)}, nil
+	return KeyView{Kind: KeyDomain, Name: name, hostEnd: len(name)}, nil
 }
 
 // parseBracketed handles "[host]" and "[host]:port": Postfix's next hop
 // that names one host and skips the MX lookup.
-func parseBracketed(dst, raw []byte) (keyView, error) {
+func parseBracketed(dst, raw []byte) (KeyView, error) {
 	end := bytes.IndexByte(raw, ']')
 	if end < 0 {
-		return keyView{}, fmt.Errorf("%w: %q has no closing bracket", ErrInvalidKey, raw)
+		return KeyView{}, fmt.Errorf("%w: %q has no closing bracket", ErrInvalidKey, raw)
 	}
 	inner, rest := raw[1:end], raw[end+1:]
 	name, err := appendHost(append(dst, '['), inner)
 	if err != nil {
-		return keyView{}, err
+		return KeyView{}, err
 	}
-	v := keyView{kind: KeyVerbatim, hostOff: 1, hostEnd: len(name), direct: true}
+	v := KeyView{Kind: KeyVerbatim, hostOff: 1, hostEnd: len(name), direct: true}
 	name = append(name, ']')
 	if len(rest) > 0 {
 		if rest[0] != ':' {
-			return keyView{}, fmt.Errorf("%w: unexpected %q after ]", ErrInvalidKey, rest)
+			return KeyView{}, fmt.Errorf("%w: unexpected %q after ]", ErrInvalidKey, rest)
 		}
 		if v.port, err = parsePort(rest[1:]); err != nil {
-			return keyView{}, err
+			return KeyView{}, err
 		}
 		name = strconv.AppendInt(append(name, ':'), int64(v.port), 10)
 	}
-	v.name = name
+	v.Name = name
 	return v, nil
 }
 
@@ -296,14 +285,4 @@ func appendLower(dst, s []byte) []byte {
 		dst = append(dst, c)
 	}
 	return dst
-}
-
-// forEachParent calls f with each proper parent of name, nearest first:
-// "a.b.example" gives "b.example", then "example".
-func forEachParent(name string, f func(parent string)) {
-	for i := 0; i < len(name); i++ {
-		if name[i] == '.' {
-			f(name[i+1:])
-		}
-	}
 }

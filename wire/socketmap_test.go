@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -210,7 +210,7 @@ func TestSocketmapEOFMidRequest(t *testing.T) {
 	if err := ws.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for r := Result(0); r < numResults; r++ {
+	for r := RequestResult(0); r < numResults; r++ {
 		if v := m.Count(r); v != 0 {
 			t.Errorf("%s requests = %v, want none counted", r, v)
 		}
@@ -235,8 +235,8 @@ func TestSocketmapMetricsAndLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := map[Result]uint64{ResultOK: 2, ResultNotFound: 1, ResultTemp: 1, ResultPerm: 1, ResultMalformed: 1, ResultOversized: 1}
-	for r := Result(0); r < numResults; r++ {
+	want := map[RequestResult]uint64{ResultOK: 2, ResultNotFound: 1, ResultTemp: 1, ResultPerm: 1, ResultMalformed: 1, ResultOversized: 1}
+	for r := RequestResult(0); r < numResults; r++ {
 		if got := m.Count(r); got != want[r] {
 			t.Errorf("%s requests = %v, want %v", r, got, want[r])
 		}

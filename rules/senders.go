@@ -1,4 +1,4 @@
-package policyd
+package rules
 
 import (
 	"fmt"

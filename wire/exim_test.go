@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"io"
@@ -23,18 +23,16 @@ func eximAsk(t *testing.T, addr, req string) string {
 
 func TestEximServer(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, rcptRules+"\ndefaults: {level: may, upgrade: none}\n"), rcptEvidence())
-	ws := startWireServer(t, NewEximCodec(e, e, nil), nil)
+	ws := startWireServer(t, NewEximCodec(wireLookup(fakeAnswers), fakeRcpt{}), nil)
 	for _, tc := range []struct{ req, want string }{
-		{"tlspolicy strict.test\n", "OK encrypt protocols=>=TLSv1.2\n"},
-		{"tlspolicy strict.test", "OK encrypt protocols=>=TLSv1.2\n"}, // no newline: ended by the half-close
-		{"phi plain.test\n", "OK verify protocols=>=TLSv1.2\n"},
-		{"tlspolicy .nothing.test\n", "NOTFOUND\n"},
-		{"transport partner.test\n", "OK smtp:[gateway.partner.test]:2525\n"},
-		{"sender.transport doctor@clinic.test\n", "OK smtp-phi:\n"},
+		{"tlspolicy strict.test\n", "OK verify match=strict.test\n"},
+		{"tlspolicy strict.test", "OK verify match=strict.test\n"}, // no newline: ended by the half-close
+		{"tlspolicy notfound.test\n", "NOTFOUND\n"},
+		{"tlspolicy temp.test\n", "TEMP probe failed\n"},
+		{"tlspolicy key with spaces\n", "OK verify match=key with spaces\n"},
 		{"nosuch example.org\n", "PERM unknown map nosuch\n"},
-		{"rcpt.check <doctor@clinic.test> <a@plain.test>\n", "REJECT 5.7.10 use the secure portal (no STARTTLS at mx.plain.test)\n"},
-		{"rcpt.check <> <a@plain.test>\n", "HOLD recipient domain cannot receive mail with the required TLS protection (no STARTTLS at mx.plain.test)\n"},
+		{"rcpt.check <doctor@clinic.test> <a@plain.test>\n", "REJECT 5.7.10 no STARTTLS (sender doctor@clinic.test)\n"},
+		{"rcpt.check <> <a@plain.test>\n", "REJECT 5.7.10 no STARTTLS (sender )\n"},
 		{"rcpt.check <doctor@clinic.test> <a@good.test>\n", "DUNNO\n"},
 		{"rcpt.check onlyone\n", "PERM malformed exim request: expected \"rcpt.check <SENDER> <RECIPIENT>\"\n"},
 		{"garbage\n", "PERM malformed exim request: expected \"MAP KEY\" or \"rcpt.check <SENDER> <RECIPIENT>\"\n"},

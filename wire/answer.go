@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import "context"
 
@@ -37,6 +37,17 @@ type Answer struct {
 	Status Status
 	Text   string
 }
+
+// RcptChecker makes the RCPT-time decision ("may mail from sender go to
+// recipient?") and renders it as a Postfix access(5) action: ActionDunno,
+// "REJECT 5.7.10 ...", "DEFER_IF_PERMIT 4.7.10 ...", "FILTER ...". The
+// daemon's engine is behind it; the delegation and Exim codecs call it.
+type RcptChecker interface {
+	RcptAction(ctx context.Context, sender, recipient string) string
+}
+
+// ActionDunno is the access(5) action that lets a recipient through.
+const ActionDunno = "DUNNO"
 
 // TableLookup answers Postfix table lookups: mapName is the socketmap name
 // ("tlspolicy", a class name, "transport"); key is the raw key Postfix sent,

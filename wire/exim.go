@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 )
 
@@ -33,14 +32,14 @@ const MapRcptCheck = "rcpt.check"
 var ErrEximMalformed = errors.New("malformed exim request")
 
 type eximCodec struct {
-	lookup  TableLookup
-	check   RecipientChecker
-	metrics *Metrics
+	lookup TableLookup
+	check  RcptChecker
 }
 
-// NewEximCodec returns the Exim line codec.
-func NewEximCodec(lookup TableLookup, check RecipientChecker, m *Metrics) Codec {
-	return &eximCodec{lookup: lookup, check: check, metrics: m}
+// NewEximCodec returns the Exim line codec: table lookups go to lookup,
+// rcpt.check requests to check.
+func NewEximCodec(lookup TableLookup, check RcptChecker) Codec {
+	return &eximCodec{lookup: lookup, check: check}
 }
 
 // ServeRequest answers the one request of an Exim connection and returns
@@ -60,7 +59,7 @@ func (ec *eximCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if err := ec.reply(c, result, reply); err != nil {
 		return err
 	}
-	if c.Logger().Enabled(ctx, slog.LevelDebug) {
+	if c.debug {
 		c.Logger().Debug("exim request", "request", line, "reply", reply)
 	}
 	return io.EOF
@@ -86,7 +85,7 @@ func readEximLine(r *bufio.Reader, max int) (string, error) {
 	}
 }
 
-func (ec *eximCodec) answer(ctx context.Context, req string) (Result, string) {
+func (ec *eximCodec) answer(ctx context.Context, req string) (RequestResult, string) {
 	name, rest, ok := strings.Cut(req, " ")
 	if !ok || name == "" || rest == "" {
 		return ResultMalformed, fmt.Sprintf("PERM %v: expected \"MAP KEY\" or \"%s <SENDER> <RECIPIENT>\"", ErrEximMalformed, MapRcptCheck)
@@ -96,9 +95,7 @@ func (ec *eximCodec) answer(ctx context.Context, req string) (Result, string) {
 		if !ok {
 			return ResultMalformed, fmt.Sprintf("PERM %v: expected \"%s <SENDER> <RECIPIENT>\"", ErrEximMalformed, MapRcptCheck)
 		}
-		v := ec.check.CheckRecipient(ctx, strings.Trim(sender, "<>"), strings.Trim(strings.TrimSpace(recipient), "<>"))
-		ec.metrics.Decision(v)
-		return ResultOK, v.Render()
+		return ResultOK, ec.check.RcptAction(ctx, strings.Trim(sender, "<>"), strings.Trim(strings.TrimSpace(recipient), "<>"))
 	}
 	a := ec.lookup.LookupTable(ctx, name, []byte(rest))
 	switch a.Status {
@@ -112,7 +109,7 @@ func (ec *eximCodec) answer(ctx context.Context, req string) (Result, string) {
 	return ResultPerm, "PERM " + a.Text
 }
 
-func (ec *eximCodec) reply(c *Conn, result Result, reply string) error {
+func (ec *eximCodec) reply(c *Conn, result RequestResult, reply string) error {
 	reply = strings.Map(func(r rune) rune {
 		if r == '\n' || r == '\r' {
 			return ' '
@@ -120,8 +117,7 @@ func (ec *eximCodec) reply(c *Conn, result Result, reply string) error {
 		return r
 	}, reply)
 	c.Scratch = append(append(c.Scratch[:0], reply...), '\n')
-	_, err := c.W.Write(c.Scratch)
-	c.CountRequest(result, c.Elapsed())
+	_, err := c.endRequest(result)
 	if result == ResultMalformed {
 		c.Logger().Warn("bad exim request", "reply", reply)
 	}

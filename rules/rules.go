@@ -1,13 +1,29 @@
-package policyd
+package rules
 
 import (
 	"fmt"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 )
+
+// Map names with a fixed meaning; every other map name is a sender class
+// (or unknown). Class names may not take them, so they live with the rules.
+const (
+	// MapTLSPolicy answers smtp_tls_policy_maps for the default class.
+	MapTLSPolicy = "tlspolicy"
+	// MapTransport answers transport_maps: the fallback route of a
+	// destination that cannot meet its level.
+	MapTransport = "transport"
+	// MapSenderTransport answers sender_dependent_default_transport_maps:
+	// the class transport ("smtp-CLASS:") of a class's senders. Its name
+	// has a dot, which no class name can have, so it never clashes.
+	MapSenderTransport = "sender.transport"
+)
+
+// ClassTransport is the master.cf transport that carries a class's mail:
+// an smtp(8) whose smtp_tls_policy_maps is the class's socketmap.
+func ClassTransport(class string) string { return "smtp-" + class }
 
 // Upgrade caps how far the daemon's own evidence (probes, pins) may raise a
 // destination above its floor.
@@ -87,6 +103,15 @@ func (r *Rule) Describe(file string) string {
 	return fmt.Sprintf("%s:%d destinations[%d] match %q", file, r.Line, r.Index, r.Match)
 }
 
+// Floor is the level the rule sets for a class's mail (nil: the default
+// class): the rule's level, raised to meet the class level too.
+func (r *Rule) Floor(c *Class) Level {
+	if c != nil {
+		return Both(r.Level, c.Level)
+	}
+	return r.Level
+}
+
 // Class is a compiled sender class.
 type Class struct {
 	Name     string
@@ -117,12 +142,16 @@ type Settings struct {
 	MTASTSCAFile   string
 	DANEEnabled    bool
 	PostfixVersion Version
-	MinimumTLS     string
+	// MinimumTLS is the least TLS version that counts as good enough, as
+	// Postfix names it ("TLSv1.2"); MinTLSVersion is the same as a
+	// crypto/tls version number.
+	MinimumTLS    string
+	MinTLSVersion uint16
 }
 
-// Policy is a validated, compiled configuration: immutable once built, so
+// Rules is a validated, compiled configuration: immutable once built, so
 // the engine can swap it atomically on reload and readers need no lock.
-type Policy struct {
+type Rules struct {
 	File     string
 	Settings Settings
 	Defaults *Rule
@@ -141,58 +170,32 @@ type Policy struct {
 	verbatim     map[string]*Rule // "[host]:port", "[host]", "host:port"
 	senders      senderIndex
 
-	// answers holds the rendered reply for each level, prepared once so
-	// that a lookup answers without formatting or allocating.
-	answers [LevelDaneOnly + 1]Answer
+	// policies holds the rendered Postfix policy for each level, prepared
+	// once so that a lookup answers without formatting or allocating.
+	policies [LevelDaneOnly + 1]string
 }
 
-// Answer is the table reply that carries level l.
-func (p *Policy) Answer(l Level) Answer { return p.answers[l] }
+// PolicyText is the Postfix TLS policy that carries level l, e.g.
+// "encrypt protocols=>=TLSv1.2".
+func (rs *Rules) PolicyText(l Level) string { return rs.policies[l] }
 
-// Version is a Postfix release, major.minor, compared to decide which
-// policy attributes it can parse.
-type Version struct{ Major, Minor int }
+// ClassFor returns the class of an envelope sender (nil: default class).
+func (rs *Rules) ClassFor(sender string) *Class { return rs.senders.classFor(sender) }
 
-func (v Version) AtLeast(major, minor int) bool {
-	return v.Major > major || (v.Major == major && v.Minor >= minor)
-}
-
-func (v Version) String() string { return fmt.Sprintf("%d.%d", v.Major, v.Minor) }
-
-var versionRE = regexp.MustCompile(`^(\d{1,2})\.(\d{1,2})(?:\.\d{1,3})?$`)
-
-func parseVersion(s string) (Version, error) {
-	m := versionRE.FindStringSubmatch(s)
-	if m == nil {
-		return Version{}, fmt.Errorf("postfix_version %q is not a version like \"3.7\" (see postconf mail_version)", s)
-	}
-	maj, _ := strconv.Atoi(m[1])
-	minor, _ := strconv.Atoi(m[2])
-	v := Version{maj, minor}
-	if !v.AtLeast(2, 11) {
-		return v, fmt.Errorf("postfix_version %s is too old: socketmap policy tables need Postfix 2.11 or later", v)
-	}
-	return v, nil
-}
-
-var tlsVersions = []string{"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"}
-
-// renderPolicy writes level l as a Postfix TLS policy. Levels that require
-// TLS carry the protocol floor; Postfix before 3.6 cannot parse ">=", so it
-// gets the equivalent exclusion list.
-func renderPolicy(l Level, minTLS string, v Version) string {
-	if !l.Encrypted() && l != LevelDane {
-		return l.String()
-	}
-	if v.AtLeast(3, 6) {
-		return l.String() + " protocols=>=" + minTLS
-	}
-	excluded := []string{"!SSLv2", "!SSLv3"}
-	for _, t := range tlsVersions {
-		if t == minTLS {
-			break
+// Class finds a class by its map name (nil: no such class).
+func (rs *Rules) Class(name string) *Class {
+	for _, c := range rs.Classes { // a handful of classes: a scan beats a map
+		if c.Name == name {
+			return c
 		}
-		excluded = append(excluded, "!"+t)
 	}
-	return l.String() + " protocols=" + strings.Join(excluded, ":")
+	return nil
+}
+
+// WantsPublished reports whether a published-policy source applies to a
+// destination: enabled in the settings and not opted out by its rule.
+// MTA-STS applies to recipient domains only, not to verbatim next hops.
+func (rs *Rules) WantsPublished(r *Rule, kind KeyKind) bool {
+	s := rs.Settings
+	return (s.DANEEnabled && r.DANE) || (s.MTASTSEnabled && r.MTASTS && kind == KeyDomain)
 }

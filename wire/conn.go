@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -61,12 +61,22 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // and the remote address.
 func (c *Conn) Logger() *slog.Logger { return c.log }
 
-// CountRequest records one answered request: result is one of the Result
+// CountRequest records one answered request: result is one of the RequestResult
 // constants, d the time from the complete request to its reply.
-func (c *Conn) CountRequest(result Result, d time.Duration) {
+func (c *Conn) CountRequest(result RequestResult, d time.Duration) {
 	if c.stats != nil {
 		c.stats.Request(result, d)
 	}
+}
+
+// endRequest ends every request a codec answers: it writes the reply the
+// codec built in c.Scratch and counts the request under result. It returns
+// the request's duration, for the codec's debug log, and the write error.
+func (c *Conn) endRequest(result RequestResult) (time.Duration, error) {
+	_, err := c.W.Write(c.Scratch)
+	d := c.Elapsed()
+	c.CountRequest(result, d)
+	return d, err
 }
 
 // rejectBadInput answers a request that could not be read. Bad input (err
@@ -75,7 +85,7 @@ func (c *Conn) CountRequest(result Result, d time.Duration) {
 // stream cannot be trusted to resynchronise. I/O errors (timeout, EOF
 // mid-request) have no one to answer and are returned as they are.
 func (c *Conn) rejectBadInput(err, tooLong, malformed error, protocol string, frame func(dst []byte, reason string) []byte) error {
-	var result Result
+	var result RequestResult
 	var reason string
 	switch {
 	case errors.Is(err, tooLong):
@@ -86,8 +96,7 @@ func (c *Conn) rejectBadInput(err, tooLong, malformed error, protocol string, fr
 		return err
 	}
 	c.Scratch = frame(c.Scratch[:0], reason)
-	_, werr := c.W.Write(c.Scratch)
-	c.CountRequest(result, c.Elapsed())
+	_, werr := c.endRequest(result)
 	c.log.Warn("bad "+protocol+" request; closing connection", "err", err)
 	return errors.Join(err, werr)
 }

@@ -1,9 +1,10 @@
-package policyd
+package rules
 
 import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -11,12 +12,7 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/tlspolicyd/tlspolicyd/dane"
 )
-
-// Compile turns a parsed Config into a Policy, checking every value and
-// naming the line of each problem (see compiler).
 
 // maxProbeWait bounds probe.wait: Postfix gives a table lookup 100 s
 // before it fails, and a waiting lookup holds up a delivery process.
@@ -68,11 +64,12 @@ func pathString(path []any) string {
 	return b.String()
 }
 
-// Compile validates cfg and builds the Policy. root is the parsed YAML tree
-// (nil for an empty file), used only to name lines in errors.
-func Compile(file string, cfg Config, root *yaml.Node) (*Policy, error) {
+// Compile validates cfg and builds the Rules, naming the line of every
+// problem it finds (not only the first). root is the parsed YAML tree (nil
+// for an empty file), used only to name lines in errors.
+func Compile(file string, cfg Config, root *yaml.Node) (*Rules, error) {
 	c := &compiler{file: file, root: root}
-	p := &Policy{
+	p := &Rules{
 		File:     file,
 		exact:    make(map[string]*Rule),
 		parent:   make(map[string]*Rule),
@@ -87,7 +84,7 @@ func Compile(file string, cfg Config, root *yaml.Node) (*Policy, error) {
 		return nil, c.errs
 	}
 	for l := LevelNone; l <= LevelDaneOnly; l++ {
-		p.answers[l] = Answer{Status: StatusOK, Text: renderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)}
+		p.policies[l] = RenderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)
 	}
 	p.Warnings = c.warnings
 	return p, nil
@@ -158,7 +155,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	s.MTASTSCAFile = cfg.MTASTS.CAFile
 
 	s.DANEEnabled = cfg.DANE.Enabled
-	if s.DANEEnabled && !dane.AllLoopback(s.DNSServers) {
+	if s.DANEEnabled && !allLoopback(s.DNSServers) {
 		c.errorf([]any{"dane", "enabled"}, "dane.enabled: DANE needs a local validating resolver: set dns.servers to loopback addresses only (e.g. [\"127.0.0.1:53\"]), as Postfix requires")
 	}
 
@@ -169,18 +166,9 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	s.PostfixVersion = v
 
 	s.MinimumTLS = cfg.MinimumTLS
-	if !contains(tlsVersions, cfg.MinimumTLS) {
-		c.errorf([]any{"minimum_tls"}, "minimum_tls: %q is not a TLS version (write one of %s)", cfg.MinimumTLS, strings.Join(tlsVersions, ", "))
+	if s.MinTLSVersion = tlsVersion(cfg.MinimumTLS); s.MinTLSVersion == 0 {
+		c.errorf([]any{"minimum_tls"}, "minimum_tls: %q is not a TLS version (write one of %s)", cfg.MinimumTLS, tlsVersionNames())
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checkListenAddr accepts "host:port" with a numeric port, and "unix:/path".
@@ -221,6 +209,19 @@ func normalizeDNSServer(s string) (string, error) {
 	return s, nil
 }
 
+// allLoopback reports whether every resolver is a loopback address: the
+// only resolvers whose DNSSEC verdict (the AD bit) can be believed, since
+// nothing between them and the daemon can forge it.
+func allLoopback(servers []string) bool {
+	for _, s := range servers {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || !ap.Addr().IsLoopback() {
+			return false
+		}
+	}
+	return len(servers) > 0
+}
+
 // caFile checks that a trust-anchor file, when given, holds at least one
 // PEM certificate: a typo here would otherwise surface only as failed
 // verifications hours later.
@@ -254,7 +255,7 @@ func (c *compiler) upgrade(s string, path ...any) Upgrade {
 	return u
 }
 
-func (c *compiler) defaults(p *Policy, cfg Config) {
+func (c *compiler) defaults(p *Rules, cfg Config) {
 	p.Defaults = &Rule{
 		Index:   -1,
 		Line:    lineOf(c.root, "defaults"),
@@ -265,7 +266,7 @@ func (c *compiler) defaults(p *Policy, cfg Config) {
 	}
 }
 
-func (c *compiler) destinations(p *Policy, cfg Config) {
+func (c *compiler) destinations(p *Rules, cfg Config) {
 	for i, d := range cfg.Destinations {
 		path := []any{"destinations", i}
 		at := func(key string) []any { return append(path[:2:2], key) }
@@ -295,7 +296,7 @@ func (c *compiler) destinations(p *Policy, cfg Config) {
 }
 
 // index adds a rule to the lookup maps by the form of its pattern.
-func (c *compiler) index(p *Policy, r *Rule, path []any) {
+func (c *compiler) index(p *Rules, r *Rule, path []any) {
 	if r.Match == "" {
 		c.errorf(path, "%s: every destination rule needs a match (e.g. example.org, .example.org or \"[mx.example.org]:25\")", pathString(path[:2]))
 		return
@@ -339,13 +340,13 @@ func (c *compiler) fallback(o OnFail, fb string, path []any) {
 }
 
 // reservedMaps are socketmap names that a class may not take.
-var reservedMaps = map[string]bool{"tlspolicy": true, "transport": true}
+var reservedMaps = map[string]bool{MapTLSPolicy: true, MapTransport: true}
 
 var classNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 const defaultClassMessage = "recipient domain cannot receive mail with the required TLS protection"
 
-func (c *compiler) classes(p *Policy, cfg Config) {
+func (c *compiler) classes(p *Rules, cfg Config) {
 	names := map[string]int{}
 	p.senders = newSenderIndex()
 	for i, cc := range cfg.Classes {
@@ -372,7 +373,7 @@ func (c *compiler) classes(p *Policy, cfg Config) {
 			cl.OnFail = c.onFail(cc.OnFail, at("on_fail")...)
 		}
 		c.fallback(cl.OnFail, cc.Fallback, path)
-		if cl.OnFail == OnFailFallback && cl.Level >= LevelVerify && !strings.HasPrefix(cc.Fallback, ClassTransport(cc.Name)+":") {
+		if cl.OnFail == OnFailFallback && cl.Level.AtLeast(LevelVerify) && !strings.HasPrefix(cc.Fallback, ClassTransport(cc.Name)+":") {
 			// FILTER sends the message through the named transport, whose
 			// smtp_tls_policy_maps is normally the default map: the
 			// fallback hop then gets that map's answer, not the class level.

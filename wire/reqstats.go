@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"sort"
@@ -39,7 +39,7 @@ type ConnStats struct {
 }
 
 // Request counts one request: its result and its duration.
-func (c *ConnStats) Request(r Result, d time.Duration) {
+func (c *ConnStats) Request(r RequestResult, d time.Duration) {
 	c.results[r].Add(1)
 	i := 0
 	for i < len(c.boundsNS) && int64(d) > c.boundsNS[i] {
@@ -98,7 +98,7 @@ func (s *requestStats) snapshot() *counters {
 }
 
 // Count returns the number of requests with result r.
-func (s *requestStats) Count(r Result) uint64 {
+func (s *requestStats) Count(r RequestResult) uint64 {
 	return s.snapshot().results[r].Load()
 }
 
@@ -153,7 +153,7 @@ func (c *requestCollector) Collect(ch chan<- prometheus.Metric) {
 		s := c.protocols[name]
 		c.mu.Unlock()
 		t := s.snapshot()
-		for r := Result(0); r < numResults; r++ {
+		for r := RequestResult(0); r < numResults; r++ {
 			ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(t.results[r].Load()), name, r.String())
 		}
 		var count uint64

@@ -1,4 +1,4 @@
-package policyd
+package wire
 
 import (
 	"bufio"
@@ -57,13 +57,12 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	}
 	mapName := c.internName(name)
 	a := sc.lookup.LookupTable(ctx, mapName, key)
-	var result Result
+	var result RequestResult
 	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
-	if _, err := c.W.Write(c.Scratch); err != nil {
+	d, err := c.endRequest(result)
+	if err != nil {
 		return err
 	}
-	d := c.Elapsed()
-	c.CountRequest(result, d)
 	if c.debug {
 		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName),
 			slog.String("key", string(key)), slog.String("reply", string(c.Scratch)), slog.Duration("duration", d))
@@ -89,7 +88,7 @@ func splitSocketmapRequest(p []byte) (name, key []byte, ok bool) {
 // appendSocketmapReply appends the reply netstring for a and returns the
 // result label to count. A status the codec does not know, or a reply over
 // the netstring limit, becomes TEMP: Postfix then defers, which fails closed.
-func appendSocketmapReply(dst []byte, a Answer) ([]byte, Result) {
+func appendSocketmapReply(dst []byte, a Answer) ([]byte, RequestResult) {
 	word, text := "", a.Text
 	switch a.Status {
 	case StatusOK:
@@ -106,7 +105,7 @@ func appendSocketmapReply(dst []byte, a Answer) ([]byte, Result) {
 	if len(word)+len(text) > MaxNetstringLen {
 		return appendNetstring(dst, "TEMP reply too long"), ResultTemp
 	}
-	return appendNetstring(dst, word, text), StatusResult(a.Status)
+	return appendNetstring(dst, word, text), resultOf(a.Status)
 }
 
 // bufferedNetstring is the fast path of readNetstring for the usual case,

@@ -1,4 +1,4 @@
-package policyd
+package rules
 
 import (
 	"bytes"
@@ -15,10 +15,11 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Config is the YAML configuration file as written (SPEC.md, "Configuration
-// keys"). Values stay in their written form here; Compile validates them and
-// turns them into the typed Policy the engine uses, so that every mistake in
-// a file can be reported at once, each with its line.
+// Config is the YAML configuration file as written (the README's
+// "Configuration reference" and docs/interface.md list every key). Values
+// stay in their written form here; Compile validates them and turns them
+// into the typed Rules the engine uses, so that every mistake in a file can
+// be reported at once, each with its line.
 type Config struct {
 	Listen         ListenConfig      `yaml:"listen"`
 	DNS            DNSConfig         `yaml:"dns"`
@@ -157,7 +158,7 @@ const maxConfigSize = 64 << 20
 
 // LoadFile reads, validates and compiles a configuration file. The error,
 // if any, is a ConfigErrors naming the file as given.
-func LoadFile(path string) (*Policy, error) {
+func LoadFile(path string) (*Rules, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
@@ -174,7 +175,7 @@ func LoadFile(path string) (*Policy, error) {
 }
 
 // Load parses and compiles configuration data; name is used in errors.
-func Load(name string, data []byte) (*Policy, error) {
+func Load(name string, data []byte) (*Rules, error) {
 	cfg, root, errs := parse(name, data)
 	if len(errs) > 0 {
 		return nil, errs

@@ -1,0 +1,71 @@
+package policyd
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// httpHandler serves listen.http: /metrics and /healthz for monitoring,
+// and the pin administration that `tlspolicyd pins` uses while the daemon
+// holds the state store.
+func (d *Daemon) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.gather, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelError),
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	// Pin administration for `tlspolicyd pins` while the daemon holds the
+	// store. Only local clients may change what the daemon enforces.
+	mux.Handle("GET /admin/pins", localOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, d.pins.list())
+	})))
+	mux.Handle("PUT /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		d.log.Info("pin added by administrator", "destination", p.Key, "level", p.Level, "expires", p.Expires)
+		writeJSON(w, http.StatusOK, p)
+	})))
+	mux.Handle("DELETE /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		found, err := d.pins.remove(r.PathValue("destination"))
+		switch {
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		case !found:
+			http.Error(w, "no pin for "+r.PathValue("destination"), http.StatusNotFound)
+		default:
+			d.log.Info("pin removed by administrator", "destination", r.PathValue("destination"))
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})))
+	return mux
+}
+
+// localOnly refuses requests that do not come from this machine.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		ip := net.ParseIP(host)
+		if err == nil && (ip == nil || !ip.IsLoopback()) {
+			http.Error(w, "pin administration is only allowed from this machine", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
