@@ -1,12 +1,17 @@
-// Package acceptance drives the built tlspolicyd binary with the real
-// Postfix postmap(1), as a postmaster's Postfix would: it builds the daemon
-// once, starts it on loopback ports with a configuration written by each
-// test, and asks it through socketmap_table(5) (inet and unix sockets) and
-// tcp_table(5). Raw connections check the wire behaviour Postfix cannot
-// show (malformed and oversized requests, connection reuse), and the
-// signals check reload (SIGHUP) and shutdown (SIGTERM, SIGINT).
+// Package acceptance drives the built tlspolicyd binary with the real peers
+// a postmaster's mail system uses: Postfix's postmap(1) over
+// socketmap_table(5) (inet and unix sockets) and tcp_table(5); private
+// Postfix instances whose smtp(8) client delivers through the daemon's
+// policy maps (chrooted too) and whose smtpd(8) asks its policy delegation
+// service; and Exim 4.96 (expansion tests, -bh sessions and real
+// deliveries) through the daemon's ${readsocket} line protocol. Fake MX
+// servers with certificates minted in the test, a fake DNS server and a
+// STARTTLS-stripping proxy stand in for the internet; everything listens
+// on 127.0.0.0/8. Raw connections check the wire behaviour the real peers
+// cannot show (malformed and oversized requests, connection reuse), and
+// signals check reload (SIGHUP), shutdown (SIGTERM, SIGINT) and restarts.
 //
-// The tests need Postfix's postmap on PATH or in /usr/sbin; without it they
-// fail and say to run .ci/install-deps. The package has no non-test code
-// besides this documentation.
+// The tests need Postfix and Exim (.ci/install-deps installs them); without
+// them they fail, rather than skip, and say what to run. The package has no
+// non-test code besides this documentation.
 package acceptance

@@ -8,7 +8,7 @@
 // DNS messages over real UDP and TCP sockets (truncation, CNAME chains, null
 // MX, negative answers) without the internet and without replacing any
 // global: the code under test is given Addr, or the *net.Resolver from
-// Resolver, through its own configuration (STYLE.md, practices 5 and 13).
+// Resolver, through its own configuration, so tests can run in parallel.
 //
 // # Semantics
 //
