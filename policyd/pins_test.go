@@ -188,6 +188,30 @@ func TestEngineAnswersFromPins(t *testing.T) {
 	}
 }
 
+// TestPinnedLookupPrefetches: with no published-policy source to consult,
+// a lookup answered from a pin at its cap does not wait for evidence, but
+// asks for it in the background, so that the pin is confirmed (or a
+// downgrade seen) by the next probe.
+func TestPinnedLookupPrefetches(t *testing.T) {
+	t.Parallel()
+	ev := &fakeFindings{}
+	e := NewEngine(mustLoad(t, pinRules+"mtasts: {enabled: false}\n"), ev)
+	b, _, _ := newTestPinBook(t, nil)
+	e.pins = b
+	if _, err := b.add("pinned.test", "verify"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.LookupTable(context.Background(), rules.MapTLSPolicy, []byte("pinned.test")); got.Text != "verify protocols=>=TLSv1.2" {
+		t.Fatalf("pinned.test = %q", got.Text)
+	}
+	e.LookupTable(context.Background(), rules.MapTLSPolicy, []byte("unpinned.test"))
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if len(ev.prefetched) != 1 || ev.prefetched[0].Key() != "pinned.test" {
+		t.Errorf("prefetched %v, want only pinned.test (an unpinned miss waits for its probe instead)", ev.prefetched)
+	}
+}
+
 func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -513,6 +513,35 @@ func TestCacheProbe(t *testing.T) {
 	get(t, c, exampleTarget, 2)
 }
 
+// TestCachePrefetch: a miss starts a probe without waiting for it; a
+// fresh result starts none; a result due for refresh starts one.
+func TestCachePrefetch(t *testing.T) {
+	t.Parallel()
+	f, clock := newFakeProbe(), newFakeClock()
+	gate := make(chan struct{})
+	f.set(gate, false)
+	c, m := newTestCache(t, f, clock, CacheConfig{})
+	c.Prefetch(exampleTarget) // returns while the probe waits at the gate
+	if got := <-f.started; got != exampleTarget {
+		t.Fatalf("prefetch probed %v", got)
+	}
+	close(gate)
+	settle(c, exampleTarget)
+	get(t, c, exampleTarget, 1)
+	c.Prefetch(exampleTarget)
+	settle(c, exampleTarget)
+	get(t, c, exampleTarget, 1) // fresh: no new probe
+	clock.Advance(cacheTTL * 3 / 4)
+	c.Prefetch(exampleTarget)
+	settle(c, exampleTarget)
+	get(t, c, exampleTarget, 2) // due for refresh: probed again
+	if calls, _, _ := f.stats(); calls != 2 {
+		t.Errorf("%d probes, want 2", calls)
+	}
+	checkCounts(t, m, 4, 1, 1) // the gets count too
+
+}
+
 func TestMetricsLint(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
