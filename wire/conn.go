@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -77,6 +78,25 @@ func (c *Conn) endRequest(result RequestResult) (time.Duration, error) {
 	d := c.Elapsed()
 	c.CountRequest(result, d)
 	return d, err
+}
+
+// answerLookup answers a table lookup that a codec has read: it asks
+// lookup, frames the answer with appendReply into c.Scratch, ends the
+// request and logs it at debug level.
+func (c *Conn) answerLookup(ctx context.Context, lookup TableLookup, mapName string, key []byte,
+	appendReply func(dst []byte, a Answer) ([]byte, RequestResult)) error {
+	a := lookup.LookupTable(ctx, mapName, key)
+	var result RequestResult
+	c.Scratch, result = appendReply(c.Scratch[:0], a)
+	d, err := c.endRequest(result)
+	if err != nil {
+		return err
+	}
+	if c.debug {
+		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName), slog.String("key", string(key)),
+			slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))), slog.Duration("duration", d))
+	}
+	return nil
 }
 
 // rejectBadInput answers a request that could not be read. Bad input (err

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -88,25 +89,12 @@ func (s *Server) logger() *slog.Logger {
 	return slog.Default()
 }
 
-func (s *Server) maxConns() int {
-	if s.MaxConns > 0 {
-		return s.MaxConns
-	}
-	return DefaultMaxConns
-}
-
-func (s *Server) idleTimeout() time.Duration {
-	if s.IdleTimeout > 0 {
-		return s.IdleTimeout
-	}
-	return DefaultIdleTimeout
-}
-
+// The settings with their defaults for zero fields (the fields are never
+// negative: they are set by the daemon from validated settings).
+func (s *Server) maxConns() int              { return cmp.Or(s.MaxConns, DefaultMaxConns) }
+func (s *Server) idleTimeout() time.Duration { return cmp.Or(s.IdleTimeout, DefaultIdleTimeout) }
 func (s *Server) requestTimeout() time.Duration {
-	if s.RequestTimeout > 0 {
-		return s.RequestTimeout
-	}
-	return DefaultRequestTimeout
+	return cmp.Or(s.RequestTimeout, DefaultRequestTimeout)
 }
 
 // clock returns the time on the server's monotonic clock.

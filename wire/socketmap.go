@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"strconv"
 )
 
@@ -55,19 +54,7 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if !ok {
 		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
 	}
-	mapName := c.internName(name)
-	a := sc.lookup.LookupTable(ctx, mapName, key)
-	var result RequestResult
-	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
-	d, err := c.endRequest(result)
-	if err != nil {
-		return err
-	}
-	if c.debug {
-		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", mapName),
-			slog.String("key", string(key)), slog.String("reply", string(c.Scratch)), slog.Duration("duration", d))
-	}
-	return nil
+	return c.answerLookup(ctx, sc.lookup, c.internName(name), key, appendSocketmapReply)
 }
 
 // badRequest answers a request that could not be read with a PERM reply

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 )
 
 // MaxTCPTableLine is the longest tcp_table request or reply line, counting
@@ -51,19 +50,7 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if err != nil {
 		return tc.badRequest(c, err)
 	}
-	a := tc.lookup.LookupTable(ctx, TCPTableMap, key)
-	var result RequestResult
-	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], a)
-	d, err := c.endRequest(result)
-	if err != nil {
-		return err
-	}
-	if c.debug {
-		c.log.LogAttrs(ctx, slog.LevelDebug, "lookup", slog.String("map", TCPTableMap),
-			slog.String("key", string(key)), slog.String("reply", string(bytes.TrimSuffix(c.Scratch, []byte{'\n'}))),
-			slog.Duration("duration", d))
-	}
-	return nil
+	return c.answerLookup(ctx, tc.lookup, TCPTableMap, key, appendTCPTableReply)
 }
 
 // badRequest answers bad input with a 400 (tcp_table has no permanent
