@@ -12,7 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 )
 
 // Compile turns a parsed Config into a Policy, checking every value and
@@ -158,7 +158,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	s.MTASTSCAFile = cfg.MTASTS.CAFile
 
 	s.DANEEnabled = cfg.DANE.Enabled
-	if s.DANEEnabled && !dane.AllLoopback(s.DNSServers) {
+	if s.DANEEnabled && !dnsclient.AllLoopback(s.DNSServers) {
 		c.errorf([]any{"dane", "enabled"}, "dane.enabled: DANE needs a local validating resolver: set dns.servers to loopback addresses only (e.g. [\"127.0.0.1:53\"]), as Postfix requires")
 	}
 
