@@ -13,156 +13,9 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
+
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 )
-
-// Verdict is what a destination's DNSSEC-validated records allow: the
-// policy source's answer, which the daemon combines with its rules. The
-// zero value, NoDANE, raises nothing.
-type Verdict uint8
-
-const (
-	// NoDANE: DANE does not apply to the destination: its MX records or
-	// every host's address or TLSA records are not DNSSEC-validated
-	// (RFC 7672 sections 2.2.1 to 2.2.3), it publishes no TLSA records
-	// (validated denial), or the resolver is not trusted. The daemon keeps
-	// its other sources and its floor.
-	NoDANE Verdict = iota
-	// DANEOnly: every MX host has a usable, validated TLSA RRset (RFC 7672
-	// section 2.2): Postfix "dane-only".
-	DANEOnly
-	// MixedDANE: some MX hosts have usable TLSA records, others do not
-	// (validated denial, insecure, no address), or hosts past MaxHosts went
-	// unchecked. Postfix "dane" does DANE per host, as RFC 7672 section 2.2
-	// describes: authenticated where TLSA records are usable, mandatory TLS
-	// where they are unusable, opportunistic TLS elsewhere.
-	MixedDANE
-	// EncryptOnly: TLSA records are published (and validated) but none is
-	// usable on any host, so no host can be authenticated; RFC 7672 section
-	// 2.2 still has the client insist on TLS, unauthenticated ("DANE
-	// broken"), never plaintext: Postfix "encrypt".
-	EncryptOnly
-	// TempFail: a lookup failed (SERVFAIL, which is also how a validating
-	// resolver reports a bogus answer, or a timeout). RFC 7672 section
-	// 2.1.1: that is not "no DANE"; the client defers. The daemon answers a
-	// temporary error or its floor, and never a weaker level because of it.
-	TempFail
-)
-
-var verdictNames = [...]string{
-	NoDANE:      "no_dane",
-	DANEOnly:    "dane_only",
-	MixedDANE:   "mixed",
-	EncryptOnly: "encrypt_only",
-	TempFail:    "temp_fail",
-}
-
-func (v Verdict) String() string {
-	if int(v) < len(verdictNames) {
-		return verdictNames[v]
-	}
-	return fmt.Sprintf("Verdict(%d)", uint8(v))
-}
-
-// HostStatus is what the lookups found for one MX host. The zero value,
-// Failure, claims nothing.
-type HostStatus uint8
-
-const (
-	// Failure: an address or TLSA lookup failed (SERVFAIL or timeout);
-	// RFC 7672 section 2.1.1 defers delivery rather than drop DANE.
-	Failure HostStatus = iota
-	// Insecure: the host's address records or its TLSA answer are not
-	// DNSSEC-validated (no AD bit), so DANE does not apply to it (RFC 7672
-	// sections 2.2.2 and 2.2.3); also an IP-address host, which has no
-	// name to hold TLSA records.
-	Insecure
-	// NoAddress: the host has no A or AAAA records; no client can connect
-	// to it, so it does not count in the domain's verdict.
-	NoAddress
-	// NoTLSA: a validated denial: the TLSA name does not exist, or has no
-	// TLSA records, and the answer has the AD bit.
-	NoTLSA
-	// Unusable: a validated TLSA RRset in which no record is usable
-	// (Record.Usable): TLS is still mandatory, unauthenticated (RFC 7672
-	// section 2.2).
-	Unusable
-	// Usable: a validated TLSA RRset with at least one usable record: the
-	// host must be authenticated with it (RFC 7672 sections 2.2 and 3).
-	Usable
-)
-
-var statusNames = [...]string{
-	Failure:   "failure",
-	Insecure:  "insecure",
-	NoAddress: "no_address",
-	NoTLSA:    "no_tlsa",
-	Unusable:  "unusable",
-	Usable:    "usable",
-}
-
-func (s HostStatus) String() string {
-	if int(s) < len(statusNames) {
-		return statusNames[s]
-	}
-	return fmt.Sprintf("HostStatus(%d)", uint8(s))
-}
-
-// Verdict is the verdict for a next hop that is this one host, such as
-// Postfix's "[mx.example.com]" (RFC 7672 section 2.2.2, no MX lookup):
-// Usable gives DANEOnly, Unusable EncryptOnly, Failure TempFail, anything
-// else NoDANE.
-func (s HostStatus) Verdict() Verdict {
-	switch s {
-	case Usable:
-		return DANEOnly
-	case Unusable:
-		return EncryptOnly
-	case Failure:
-		return TempFail
-	}
-	return NoDANE
-}
-
-// HostTLSA is what was found for one MX host.
-type HostTLSA struct {
-	// Host is the MX host name, lower case, without the trailing dot.
-	Host string
-	// Base is the TLSA base domain whose records were used: Host, or the
-	// name Host's CNAME chain leads to (RFC 7672 section 2.2.3). Empty
-	// unless Status is Usable or Unusable.
-	Base   string
-	Status HostStatus
-	// Records are the validated TLSA records in presentation form ("3 1 1
-	// 0a1b..."), usable or not; empty unless Status is Usable or Unusable.
-	Records []string
-	// Detail says what was found, for logs and "tlspolicyd probe".
-	Detail string
-	// Err is the failed lookup, a *LookupError, when Status is Failure.
-	Err error
-}
-
-// Result is the outcome of checking one destination domain.
-type Result struct {
-	// Domain is the domain checked, lower case A-labels, no trailing dot.
-	Domain  string
-	Verdict Verdict
-	// MXSecure reports that the MX RRset (or its validated absence) had
-	// the AD bit.
-	MXSecure bool
-	// Insecure reports, for NoDANE, that DANE does not apply because
-	// something was not DNSSEC-validated (or the resolver is not trusted),
-	// rather than because the domain publishes no TLSA records.
-	Insecure bool
-	// Hosts are the MX hosts checked, by preference (at most MaxHosts);
-	// for a domain without MX records, the domain itself (implicit MX).
-	Hosts []HostTLSA
-	// Detail says why, citing the rule applied.
-	Detail string
-	// Err is the failed lookup behind TempFail, or ErrUntrusted; else nil.
-	Err error
-	// CheckedAt is when the check ended, by Checker.Now.
-	CheckedAt time.Time
-}
 
 // ErrUntrusted is the reason every check of an untrusted Checker gives
 // NoDANE: without a local validating resolver, the AD bit proves nothing.
@@ -174,7 +27,7 @@ const MaxHosts = 8
 
 // Defaults for the Checker's zero fields.
 const (
-	DefaultTimeout = 5 * time.Second
+	DefaultTimeout = dnsclient.DefaultTimeout
 	DefaultPort    = 25
 )
 
@@ -189,8 +42,8 @@ type Checker struct {
 	// Trusted says that the AD bit from Servers can be believed: the daemon
 	// sets it when DANE is enabled and every server is a loopback address
 	// (a local validating resolver, as Postfix requires). It is honoured
-	// only if AllLoopback(Servers) holds. When false, checks make no query
-	// and give NoDANE with ErrUntrusted.
+	// only if dnsclient.AllLoopback(Servers) holds. When false, checks make
+	// no query and give NoDANE with ErrUntrusted.
 	Trusted bool
 	// Port is the SMTP port whose TLSA records Check looks up,
 	// "_PORT._tcp.HOST"; 0 means DefaultPort.
@@ -201,32 +54,12 @@ type Checker struct {
 	Metrics *Metrics
 }
 
-// AllLoopback reports whether servers is not empty and every server is a
-// loopback IP address with a port: the only resolvers whose AD bit a
-// Checker trusts.
-func AllLoopback(servers []string) bool {
-	if len(servers) == 0 {
-		return false
-	}
-	for _, s := range servers {
-		host, _, err := net.SplitHostPort(s)
-		if err != nil {
-			return false
-		}
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			return false
-		}
-	}
-	return true
-}
+func (c *Checker) trusted() bool { return c.Trusted && dnsclient.AllLoopback(c.Servers) }
 
-func (c *Checker) trusted() bool { return c.Trusted && AllLoopback(c.Servers) }
-
-func (c *Checker) timeout() time.Duration {
-	if c.Timeout > 0 {
-		return c.Timeout
-	}
-	return DefaultTimeout
+// client is what the Checker's lookups go through: DNSSEC on, so that each
+// answer says whether the resolver validated it.
+func (c *Checker) client() *dnsclient.Client {
+	return &dnsclient.Client{Servers: c.Servers, Timeout: c.Timeout, DNSSEC: true}
 }
 
 func (c *Checker) port() int {
@@ -285,24 +118,24 @@ func (c *Checker) check(ctx context.Context, domain string) Result {
 		return r
 	}
 
-	mx, err := c.lookup(ctx, d, dns.TypeMX)
+	mx, err := c.client().Lookup(ctx, d, dns.TypeMX)
 	if err != nil {
 		r.Verdict, r.Err = TempFail, err
 		r.Detail = fmt.Sprintf("MX lookup failed: %v (RFC 7672 section 2.1.1: defer, do not drop DANE)", err)
 		return r
 	}
-	r.MXSecure = mx.secure
+	r.MXSecure = mx.Secure
 	switch {
-	case !mx.secure:
+	case !mx.Secure:
 		r.Insecure = true
 		r.Detail = "MX records not DNSSEC-validated: DANE does not apply (RFC 7672 section 2.2.1)"
 		return r
-	case mx.nxdomain:
+	case mx.NXDomain:
 		r.Detail = "the domain does not exist (validated denial)"
 		return r
 	}
 
-	hosts, null := mxHosts(mx.rrs)
+	hosts, null := mxHosts(mx.Records)
 	if null {
 		r.Detail = "null MX: the domain accepts no mail (RFC 7505)"
 		return r
@@ -329,49 +162,6 @@ func (c *Checker) check(ctx context.Context, domain string) Result {
 	r.Verdict, r.Insecure, r.Detail, r.Err = decide(r.Hosts, unchecked)
 	r.Detail = prefix + r.Detail
 	return r
-}
-
-// decide turns the hosts' findings into the domain's verdict (see Check).
-// unchecked counts MX hosts past MaxHosts.
-func decide(hosts []HostTLSA, unchecked int) (v Verdict, insecure bool, detail string, err error) {
-	var usable, unusable, notlsa, insec, noaddr int
-	for _, h := range hosts {
-		switch h.Status {
-		case Failure:
-			// RFC 7672 section 2.1.1: an indeterminate or bogus answer is
-			// a reason to defer, never to treat the host as without DANE.
-			return TempFail, false, fmt.Sprintf("%s: %s (RFC 7672 section 2.1.1: defer, do not drop DANE)", h.Host, h.Detail), h.Err
-		case Usable:
-			usable++
-		case Unusable:
-			unusable++
-		case NoTLSA:
-			notlsa++
-		case Insecure:
-			insec++
-		case NoAddress:
-			noaddr++
-		}
-	}
-	checked := len(hosts) - noaddr
-	beyond := ""
-	if unchecked > 0 {
-		beyond = fmt.Sprintf("; %d MX hosts past the first %d not checked", unchecked, MaxHosts)
-	}
-	switch {
-	case checked == 0:
-		return NoDANE, false, "no MX host has an address" + beyond, nil
-	case usable == checked && unchecked == 0:
-		return DANEOnly, false, fmt.Sprintf("all %d MX hosts have usable TLSA records (RFC 7672 section 2.2)", usable), nil
-	case usable > 0:
-		return MixedDANE, false, fmt.Sprintf("%d of %d MX hosts have usable TLSA records: DANE applies per host (RFC 7672 section 2.2)%s", usable, checked, beyond), nil
-	case unusable > 0:
-		return EncryptOnly, false, fmt.Sprintf("%d of %d MX hosts publish TLSA records but none is usable: TLS is mandatory, unauthenticated (RFC 7672 section 2.2)%s", unusable, checked, beyond), nil
-	case insec > 0:
-		return NoDANE, true, fmt.Sprintf("%d of %d MX hosts not DNSSEC-validated, the others publish no TLSA records: DANE does not apply (RFC 7672 sections 2.2.2, 2.2.3)%s", insec, checked, beyond), nil
-	default:
-		return NoDANE, false, fmt.Sprintf("no MX host publishes TLSA records (validated denial)%s", beyond), nil
-	}
 }
 
 // mxHosts returns the MX hosts of rrs, lower case without the trailing dot,
@@ -464,34 +254,35 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 	}
 
 	// Address records (RFC 7672 section 2.2.2).
-	var addrs [2]answer
+	dc := c.client()
+	var addrs [2]dnsclient.Answer
 	for i, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		a, err := c.lookup(ctx, host, qtype)
+		a, err := dc.Lookup(ctx, host, qtype)
 		if err != nil {
 			return fail("address", err)
 		}
 		addrs[i] = a
 	}
-	if len(addrs[0].rrs)+len(addrs[1].rrs) == 0 {
+	if len(addrs[0].Records)+len(addrs[1].Records) == 0 {
 		h.Status = NoAddress
 		h.Detail = "no A or AAAA records"
-		if addrs[0].nxdomain {
+		if addrs[0].NXDomain {
 			h.Detail = "the host name does not exist"
 		}
 		return h
 	}
 	expanded := ""
 	for _, a := range addrs {
-		if len(a.rrs) == 0 {
+		if len(a.Records) == 0 {
 			continue
 		}
-		if !a.secure {
+		if !a.Secure {
 			h.Status = Insecure
 			h.Detail = "address records not DNSSEC-validated: DANE does not apply to this host (RFC 7672 section 2.2.2)"
 			return h
 		}
 		if expanded == "" {
-			expanded = strings.TrimSuffix(a.name, ".")
+			expanded = strings.TrimSuffix(a.Name, ".")
 		}
 	}
 
@@ -502,19 +293,19 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 	}
 	for i, base := range bases {
 		qname := fmt.Sprintf("_%d._tcp.%s", port, base)
-		t, err := c.lookup(ctx, qname, dns.TypeTLSA)
+		t, err := dc.Lookup(ctx, qname, dns.TypeTLSA)
 		if err != nil {
 			return fail("TLSA", err)
 		}
 		var recs []Record
-		for _, rr := range t.rrs {
+		for _, rr := range t.Records {
 			if tlsa, ok := rr.(*dns.TLSA); ok {
 				recs = append(recs, recordFromRR(tlsa))
 			}
 		}
 		last := i == len(bases)-1
 		switch {
-		case len(recs) > 0 && t.secure:
+		case len(recs) > 0 && t.Secure:
 			var usable int
 			var firstErr error
 			h.Base = base
@@ -531,7 +322,7 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 			// Nothing validated at the CNAME target: try the host name
 			// (RFC 7672 section 2.2.3).
 			continue
-		case !t.secure:
+		case !t.Secure:
 			h.Status = Insecure
 			h.Detail = qname + ": TLSA answer not DNSSEC-validated: DANE does not apply to this host (RFC 7672 section 2.2.3)"
 		default:

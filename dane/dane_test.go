@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 )
 
@@ -305,10 +306,10 @@ func TestCheckTLSAServfail(t *testing.T) {
 
 	r := newChecker(s).Check(t.Context(), "example.test")
 	wantResult(t, r, TempFail, Usable, Failure)
-	if !errors.Is(r.Err, ErrServFail) || !errors.Is(r.Hosts[1].Err, ErrServFail) {
-		t.Errorf("err %v, host err %v; want ErrServFail", r.Err, r.Hosts[1].Err)
+	if !errors.Is(r.Err, dnsclient.ErrServFail) || !errors.Is(r.Hosts[1].Err, dnsclient.ErrServFail) {
+		t.Errorf("err %v, host err %v; want dnsclient.ErrServFail", r.Err, r.Hosts[1].Err)
 	}
-	var le *LookupError
+	var le *dnsclient.Error
 	if !errors.As(r.Err, &le) || le.Qtype != "TLSA" || !strings.HasPrefix(le.Name, "_25._tcp.mx2.example.test") {
 		t.Errorf("err %#v", r.Err)
 	}
@@ -331,8 +332,8 @@ func TestCheckServfailElsewhere(t *testing.T) {
 			secureTLSA(s, "mx1.example.test", 3, 1, 1, sha256Hex("k"))
 			s.SetRcode(tc.fail, dns.RcodeServerFailure)
 			r := newChecker(s).Check(t.Context(), "example.test")
-			if r.Verdict != TempFail || !errors.Is(r.Err, ErrServFail) {
-				t.Fatalf("verdict %v, err %v; want TempFail, ErrServFail", r.Verdict, r.Err)
+			if r.Verdict != TempFail || !errors.Is(r.Err, dnsclient.ErrServFail) {
+				t.Fatalf("verdict %v, err %v; want TempFail, dnsclient.ErrServFail", r.Verdict, r.Err)
 			}
 		})
 	}
@@ -353,8 +354,8 @@ func TestCheckTimeout(t *testing.T) {
 	r := c.Check(t.Context(), "example.test")
 	elapsed := time.Since(start)
 	wantResult(t, r, TempFail, Usable, Failure)
-	if !errors.Is(r.Err, ErrTimeout) {
-		t.Errorf("err %v, want ErrTimeout", r.Err)
+	if !errors.Is(r.Err, dnsclient.ErrTimeout) {
+		t.Errorf("err %v, want dnsclient.ErrTimeout", r.Err)
 	}
 	// One server, one dropped query: the check ends with that query's
 	// timeout (hosts are checked in parallel), not later.
@@ -375,8 +376,8 @@ func TestCheckContextDeadline(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	r := c.Check(ctx, "example.test")
-	if r.Verdict != TempFail || !errors.Is(r.Err, ErrTimeout) {
-		t.Fatalf("verdict %v, err %v; want TempFail, ErrTimeout", r.Verdict, r.Err)
+	if r.Verdict != TempFail || !errors.Is(r.Err, dnsclient.ErrTimeout) {
+		t.Fatalf("verdict %v, err %v; want TempFail, dnsclient.ErrTimeout", r.Verdict, r.Err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("took %v past a 200ms deadline", d)
@@ -644,7 +645,7 @@ func TestCheckHostServfail(t *testing.T) {
 	s.SetAD("relay.example.test", true)
 	s.SetRcode(tlsaName("relay.example.test"), dns.RcodeServerFailure)
 	h := newChecker(s).CheckHost(t.Context(), "relay.example.test", 25)
-	if h.Status != Failure || h.Status.Verdict() != TempFail || !errors.Is(h.Err, ErrServFail) {
+	if h.Status != Failure || h.Status.Verdict() != TempFail || !errors.Is(h.Err, dnsclient.ErrServFail) {
 		t.Fatalf("CheckHost = %+v", h)
 	}
 }
@@ -768,7 +769,7 @@ func TestCheckServersInOrder(t *testing.T) {
 	c.Timeout = testTimeout
 	good.SetRcode(tlsaName("mx1.example.test"), dns.RcodeServerFailure)
 	r = c.Check(t.Context(), "example.test")
-	if r.Verdict != TempFail || !errors.Is(r.Err, ErrServFail) {
+	if r.Verdict != TempFail || !errors.Is(r.Err, dnsclient.ErrServFail) {
 		t.Errorf("verdict %v, err %v", r.Verdict, r.Err)
 	}
 }
@@ -884,26 +885,6 @@ func TestStrings(t *testing.T) {
 	for s, want := range map[HostStatus]string{Failure: "failure", Insecure: "insecure", NoAddress: "no_address", NoTLSA: "no_tlsa", Unusable: "unusable", Usable: "usable", 99: "HostStatus(99)"} {
 		if got := s.String(); got != want {
 			t.Errorf("HostStatus %d String() = %q, want %q", s, got, want)
-		}
-	}
-}
-
-func TestAllLoopback(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		servers []string
-		want    bool
-	}{
-		{nil, false},
-		{[]string{"127.0.0.1:53"}, true},
-		{[]string{"127.0.0.53:53", "[::1]:53"}, true},
-		{[]string{"127.0.0.1:53", "192.0.2.1:53"}, false},
-		{[]string{"localhost:53"}, false}, // a name could resolve anywhere
-		{[]string{"127.0.0.1"}, false},    // no port
-	}
-	for _, tc := range tests {
-		if got := AllLoopback(tc.servers); got != tc.want {
-			t.Errorf("AllLoopback(%q) = %v, want %v", tc.servers, got, tc.want)
 		}
 	}
 }

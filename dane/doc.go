@@ -22,18 +22,19 @@
 // # Trust in DNSSEC
 //
 // The package does not validate DNSSEC itself. It asks a validating
-// resolver, setting the DO bit (RFC 4035 section 3.2.1) and the AD bit (RFC
-// 6840 section 5.7), and believes the AD bit of its answers, which is only
-// sound when the path to the resolver cannot be tampered with: a resolver
-// on the same machine, as Postfix also requires of smtp_dns_support_level =
-// dnssec. So a Checker trusts AD only when its Trusted field is set and all
-// its servers are loopback addresses (AllLoopback); otherwise every check
-// gives NoDANE with ErrUntrusted, and no query is made.
+// resolver through a dnsclient.Client with DNSSEC on, which sets the DO bit
+// (RFC 4035 section 3.2.1) and the AD bit (RFC 6840 section 5.7), and
+// believes the AD bit of its answers, which is only sound when the path to
+// the resolver cannot be tampered with: a resolver on the same machine, as
+// Postfix also requires of smtp_dns_support_level = dnssec. So a Checker
+// trusts AD only when its Trusted field is set and all its servers are
+// loopback addresses (dnsclient.AllLoopback); otherwise every check gives
+// NoDANE with ErrUntrusted, and no query is made.
 //
 // A validating resolver reports a bogus answer (failed validation) as
-// SERVFAIL. Such failures, like timeouts, give TempFail, never NoDANE: an
-// attacker who can break lookups must not be able to turn DANE off (RFC
-// 7672 section 2.1.1).
+// SERVFAIL (dnsclient.ErrServFail). Such failures, like timeouts
+// (dnsclient.ErrTimeout), give TempFail, never NoDANE: an attacker who can
+// break lookups must not be able to turn DANE off (RFC 7672 section 2.1.1).
 //
 // The package knows nothing else of Postfix: the policy engine turns
 // verdicts into answers and decides how they combine with its rules.

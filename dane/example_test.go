@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 )
 
@@ -28,7 +29,7 @@ func Example() {
 	}
 
 	servers := []string{s.Addr()}
-	c := &dane.Checker{Servers: servers, Trusted: dane.AllLoopback(servers)}
+	c := &dane.Checker{Servers: servers, Trusted: dnsclient.AllLoopback(servers)}
 	r := c.Check(context.Background(), "example.test")
 	fmt.Println(r.Verdict)
 	for _, h := range r.Hosts {

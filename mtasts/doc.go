@@ -14,10 +14,10 @@
 // record or blocks the fetch.
 //
 // Everything that touches the network is injected: the DNS (Resolver, which
-// tlsprobe.DNSClient implements against the configured servers, never the
+// dnsclient.Client implements against the configured servers, never the
 // system resolver), the dialer and the clock. Addresses that are not public
 // are refused unless allowed, with the same test as the prober
-// (tlsprobe.IsPublic), so a hostile domain cannot steer the daemon into the
+// (dnsclient.IsPublic), so a hostile domain cannot steer the daemon into the
 // local network.
 //
 // The package knows nothing of Postfix beyond Policy.PostfixMatch, the

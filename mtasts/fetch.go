@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/net/idna"
 
-	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 )
 
 // Errors. Parsing and discovery errors wrap one of these; a failed fetch is
@@ -139,10 +139,10 @@ func (e *FetchError) Unwrap() []error {
 	return errs
 }
 
-// Resolver is the DNS a Fetcher uses; tlsprobe.DNSClient implements it
+// Resolver is the DNS a Fetcher uses; *dnsclient.Client implements it
 // against the configured servers. A name that does not exist must be
-// reported with an error wrapping tlsprobe.ErrNXDomain: that is "no policy",
-// while other errors are DNS failures.
+// reported with an error wrapping dnsclient.ErrNXDomain: that is "no
+// policy", while other errors are DNS failures.
 type Resolver interface {
 	// LookupTXT returns the TXT records at name, each one's strings joined.
 	LookupTXT(ctx context.Context, name string) ([]string, error)
@@ -167,11 +167,11 @@ type Fetcher struct {
 	// the configured DNS servers are the only ones asked.
 	Resolver Resolver
 	// Roots verify the policy host's certificate: the system roots plus
-	// mtasts.ca_file (see LoadRoots). Nil means the system roots.
+	// mtasts.ca_file (see roots.Load). Nil means the system roots.
 	Roots *x509.CertPool
 	// AllowPrivate permits connecting to loopback, private, link-local and
 	// other non-public addresses (probe.allow_private). Without it they
-	// are refused before any connection, as tlsprobe.IsPublic decides.
+	// are refused before any connection, as dnsclient.IsPublic decides.
 	AllowPrivate bool
 	// Dial opens TCP connections; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -224,7 +224,7 @@ func (f *Fetcher) Discover(ctx context.Context, domain string) (id string, found
 	defer cancel()
 	txts, err := f.Resolver.LookupTXT(ctx, "_mta-sts."+d)
 	if err != nil {
-		if errors.Is(err, tlsprobe.ErrNXDomain) {
+		if errors.Is(err, dnsclient.ErrNXDomain) {
 			return "", false, nil
 		}
 		return "", false, fmt.Errorf("%w: %w", ErrDNS, err)
@@ -283,7 +283,7 @@ func (f *Fetcher) Fetch(ctx context.Context, domain string) (Policy, error) {
 	}
 	var usable []netip.Addr
 	for _, a := range addrs {
-		if a = a.Unmap(); f.AllowPrivate || tlsprobe.IsPublic(a) {
+		if a = a.Unmap(); f.AllowPrivate || dnsclient.IsPublic(a) {
 			usable = append(usable, a)
 		}
 	}
@@ -427,25 +427,4 @@ func normalizeDomain(domain string) (string, error) {
 		return "", fmt.Errorf("%w: %q", ErrInvalidDomain, clip(domain))
 	}
 	return d, nil
-}
-
-// LoadRoots returns the system's trust anchors plus those in the PEM file
-// caFile (mtasts.ca_file), for Fetcher.Roots. An empty caFile gives the
-// system roots alone.
-func LoadRoots(caFile string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		return nil, fmt.Errorf("mtasts: system roots: %w", err)
-	}
-	if caFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("mtasts: ca_file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("mtasts: ca_file %s: no PEM certificate", caFile)
-	}
-	return pool, nil
 }

@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,8 +15,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/testca"
-	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 func TestFetchModes(t *testing.T) {
@@ -217,7 +215,7 @@ func TestFetchDNSFailures(t *testing.T) {
 		checkFetchError(t, err, FetchDNSError, ErrDNS)
 	}
 	_, err := f.Fetch(testContext(t), "nohost.test")
-	if !errors.Is(err, tlsprobe.ErrNXDomain) {
+	if !errors.Is(err, dnsclient.ErrNXDomain) {
 		t.Errorf("err = %v, want the resolver's cause kept", err)
 	}
 }
@@ -347,8 +345,8 @@ func TestDiscover(t *testing.T) {
 	}
 	// The DNS failure keeps its cause.
 	_, _, err := f.Discover(testContext(t), "servfail.test")
-	if !errors.Is(err, tlsprobe.ErrServFail) {
-		t.Errorf("err = %v, want it to wrap tlsprobe.ErrServFail", err)
+	if !errors.Is(err, dnsclient.ErrServFail) {
+		t.Errorf("err = %v, want it to wrap dnsclient.ErrServFail", err)
 	}
 }
 
@@ -361,7 +359,7 @@ func TestDiscoverTimeout(t *testing.T) {
 	f.Timeout = 300 * time.Millisecond
 	start := time.Now()
 	_, found, err := f.Discover(testContext(t), "slow.test")
-	if found || !errors.Is(err, ErrDNS) || !errors.Is(err, tlsprobe.ErrDNSTimeout) {
+	if found || !errors.Is(err, ErrDNS) || !errors.Is(err, dnsclient.ErrTimeout) {
 		t.Errorf("Discover = %v, %v; want a DNS timeout", found, err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
@@ -381,36 +379,5 @@ func TestFetchResultNames(t *testing.T) {
 	}
 	if FetchResultOf(nil) != FetchOK || FetchResultOf(errors.New("x")) != FetchHTTPError {
 		t.Error("FetchResultOf of nil or a foreign error")
-	}
-}
-
-func TestLoadRoots(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	ca := testca.MustNew(t)
-	path, err := ca.WritePEM(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := LoadRoots(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf := ca.MustLeaf(t, testca.LeafOptions{DNSNames: []string{"mta-sts.example.test"}})
-	if _, err := leaf.Leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "mta-sts.example.test"}); err != nil {
-		t.Errorf("a leaf of the CA file does not verify: %v", err)
-	}
-	if _, err := LoadRoots(""); err != nil {
-		t.Errorf("system roots alone: %v", err)
-	}
-	if _, err := LoadRoots(dir + "/missing.pem"); err == nil {
-		t.Error("a missing file loads")
-	}
-	junk := filepath.Join(dir, "junk.pem")
-	if err := os.WriteFile(junk, []byte("not PEM"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadRoots(junk); err == nil {
-		t.Error("a file without certificates loads")
 	}
 }

@@ -17,9 +17,9 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 	"github.com/tlspolicyd/tlspolicyd/internal/testca"
-	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // Policies the fake policy hosts serve.
@@ -170,7 +170,7 @@ func (w *world) hitsOf(domain string) int {
 // test CA, connects to the test server's port and reads clk.
 func (w *world) fetcher(clk *clock) *Fetcher {
 	return &Fetcher{
-		Resolver:     &tlsprobe.DNSClient{Servers: []string{w.dns.Addr()}, Timeout: 2 * time.Second},
+		Resolver:     &dnsclient.Client{Servers: []string{w.dns.Addr()}, Timeout: 2 * time.Second},
 		Roots:        w.ca.Pool(),
 		AllowPrivate: true, // the test server is on loopback
 		Timeout:      5 * time.Second,

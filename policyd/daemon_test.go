@@ -18,8 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/rules"
-	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
 // startDaemon runs a Daemon in-process on loopback ports chosen by the
@@ -53,12 +53,12 @@ func startDaemon(t *testing.T, config string) (*Daemon, string) {
 // for, or reach, a real resolver.
 type offlineResolver struct{}
 
-func (offlineResolver) LookupMX(ctx context.Context, domain string) ([]tlsprobe.MX, error) {
-	return nil, &tlsprobe.DNSError{Name: domain, Qtype: "MX", Kind: tlsprobe.ErrDNSOther, Err: errors.New("offline test")}
+func (offlineResolver) LookupMX(ctx context.Context, domain string) ([]dnsclient.MX, error) {
+	return nil, &dnsclient.Error{Name: domain, Qtype: "MX", Kind: dnsclient.ErrOther, Err: errors.New("offline test")}
 }
 
 func (offlineResolver) LookupAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
-	return nil, &tlsprobe.DNSError{Name: host, Qtype: "A", Kind: tlsprobe.ErrDNSOther, Err: errors.New("offline test")}
+	return nil, &dnsclient.Error{Name: host, Qtype: "A", Kind: dnsclient.ErrOther, Err: errors.New("offline test")}
 }
 
 func newTestDaemon(t *testing.T, p *rules.Rules) *Daemon {

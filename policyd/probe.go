@@ -2,16 +2,16 @@ package policyd
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
+	"github.com/tlspolicyd/tlspolicyd/roots"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
@@ -32,21 +32,21 @@ type ProbeDeps struct {
 func NewProber(s rules.Settings, deps ProbeDeps) (*tlsprobe.Prober, error) {
 	res := deps.Resolver
 	if res == nil {
-		c, err := tlsprobe.NewDNSClient(s.DNSServers, s.DNSTimeout)
+		c, err := dnsclient.New(s.DNSServers, s.DNSTimeout)
 		if err != nil {
 			return nil, err
 		}
 		res = c
 	}
-	roots, err := trustAnchors(s.ProbeCAFile)
+	anchors, err := roots.Load(s.ProbeCAFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("probe.ca_file: %w", err)
 	}
 	return &tlsprobe.Prober{
 		Resolver:     res,
 		Dial:         deps.Dial,
 		Now:          deps.Now,
-		Roots:        roots,
+		Roots:        anchors,
 		Helo:         s.ProbeHelo,
 		Port:         s.ProbePort,
 		MinVersion:   s.MinTLSVersion,
@@ -65,7 +65,7 @@ func NewGatherer(s rules.Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gathere
 		g.dane = &dane.Checker{
 			Servers: s.DNSServers,
 			Timeout: s.DNSTimeout,
-			Trusted: dane.AllLoopback(s.DNSServers),
+			Trusted: dnsclient.AllLoopback(s.DNSServers),
 			Now:     deps.Now,
 			Metrics: dane.NewMetrics(deps.Registerer),
 		}
@@ -73,17 +73,17 @@ func NewGatherer(s rules.Settings, p *tlsprobe.Prober, deps ProbeDeps) (*Gathere
 	if s.MTASTSEnabled {
 		res, ok := p.Resolver.(mtasts.Resolver)
 		if !ok {
-			c, err := tlsprobe.NewDNSClient(s.DNSServers, s.DNSTimeout)
+			c, err := dnsclient.New(s.DNSServers, s.DNSTimeout)
 			if err != nil {
 				return nil, err
 			}
 			res = c
 		}
-		roots, err := mtasts.LoadRoots(s.MTASTSCAFile)
+		anchors, err := roots.Load(s.MTASTSCAFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("mtasts.ca_file: %w", err)
 		}
-		f := &mtasts.Fetcher{Resolver: res, Roots: roots, AllowPrivate: s.AllowPrivate, Dial: deps.Dial,
+		f := &mtasts.Fetcher{Resolver: res, Roots: anchors, AllowPrivate: s.AllowPrivate, Dial: deps.Dial,
 			Timeout: s.ProbeTimeout, Now: deps.Now}
 		g.sts = mtasts.NewCache(f, 0, deps.Now, mtasts.NewMetrics(deps.Registerer))
 	}
@@ -99,23 +99,4 @@ func NewProbeCache(s rules.Settings, g *Gatherer, deps ProbeDeps, onResult func(
 		Now:         deps.Now,
 		Metrics:     deps.Metrics,
 	}, onResult)
-}
-
-// trustAnchors is the system roots plus the PEM certificates in caFile.
-func trustAnchors(caFile string) (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if caFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("probe.ca_file: %w", err)
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("probe.ca_file: %s holds no PEM certificate", caFile)
-	}
-	return pool, nil
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakemx"
 	"github.com/tlspolicyd/tlspolicyd/internal/testca"
@@ -49,7 +50,7 @@ func ExampleProber_Probe() {
 	dns.AddA("mx2.example.test", "127.0.0.3")
 
 	p := &tlsprobe.Prober{
-		Resolver:     &tlsprobe.DNSClient{Servers: []string{dns.Addr()}, Timeout: 2 * time.Second},
+		Resolver:     &dnsclient.Client{Servers: []string{dns.Addr()}, Timeout: 2 * time.Second},
 		Roots:        ca.Pool(),
 		AllowPrivate: true, // the fake MX hosts are on loopback addresses
 		Helo:         "probe.example.net",

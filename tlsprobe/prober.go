@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 )
 
 // Defaults for the Prober fields left zero.
@@ -116,11 +118,11 @@ func (p *Prober) Probe(ctx context.Context, t Target) Result {
 
 func (p *Prober) probe(ctx context.Context, t Target) Result {
 	port := orDefault(t.Port, orDefault(p.Port, DefaultPort))
-	mxs := []MX{{Host: t.Name}}
+	mxs := []dnsclient.MX{{Host: t.Name}}
 	if !t.Direct {
 		found, err := p.Resolver.LookupMX(ctx, t.Name)
 		switch {
-		case errors.Is(err, ErrNXDomain):
+		case errors.Is(err, dnsclient.ErrNXDomain):
 			return Result{Cause: CauseNXDomain, Detail: t.Name + " does not exist (NXDOMAIN)"}
 		case err != nil:
 			return Result{Cause: CauseDNS, Detail: "MX lookup: " + err.Error()}
@@ -163,9 +165,9 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 
 // probeHost resolves one MX host and probes up to MaxAddrs of its
 // addresses, one IPv4 and one IPv6 first.
-func (p *Prober) probeHost(ctx context.Context, mx MX, port int) []HostResult {
+func (p *Prober) probeHost(ctx context.Context, mx dnsclient.MX, port int) []HostResult {
 	addrs, err := p.hostAddrs(ctx, mx.Host)
-	if errors.Is(err, ErrNXDomain) {
+	if errors.Is(err, dnsclient.ErrNXDomain) {
 		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " does not exist"}}
 	}
 	if err != nil {

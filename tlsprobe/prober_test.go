@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 	"github.com/tlspolicyd/tlspolicyd/internal/fakemx"
 	"github.com/tlspolicyd/tlspolicyd/internal/testca"
@@ -73,7 +74,7 @@ func newProber(d *fakedns.Server, ca *testca.CA, port int) *Prober {
 		roots = ca.Pool()
 	}
 	return &Prober{
-		Resolver:     &DNSClient{Servers: []string{d.Addr()}, Timeout: testDNSTimeout},
+		Resolver:     &dnsclient.Client{Servers: []string{d.Addr()}, Timeout: testDNSTimeout},
 		Roots:        roots,
 		AllowPrivate: true,
 		Port:         port,
@@ -474,7 +475,7 @@ func TestProbeServFail(t *testing.T) {
 	d.SetRcode("example.test", dns.RcodeServerFailure)
 	r := runProbe(t, newProber(d, nil, 0), Target{Name: "example.test"})
 	checkResult(t, r, CapUnknown, CauseDNS, "")
-	if !strings.Contains(r.Detail, ErrServFail.Error()) || len(r.Hosts) != 0 {
+	if !strings.Contains(r.Detail, dnsclient.ErrServFail.Error()) || len(r.Hosts) != 0 {
 		t.Errorf("detail %q hosts %+v, want a server failure and no host", r.Detail, r.Hosts)
 	}
 }
@@ -504,10 +505,10 @@ func TestProbeDNSTimeout(t *testing.T) {
 	d.SetDrop("example.test", true)
 	p := newProber(d, nil, 0)
 	const dnsTimeout = 300 * time.Millisecond
-	p.Resolver = &DNSClient{Servers: []string{d.Addr()}, Timeout: dnsTimeout}
+	p.Resolver = &dnsclient.Client{Servers: []string{d.Addr()}, Timeout: dnsTimeout}
 	r := runProbe(t, p, Target{Name: "example.test"})
 	checkResult(t, r, CapUnknown, CauseDNS, "")
-	if !strings.Contains(r.Detail, ErrDNSTimeout.Error()) {
+	if !strings.Contains(r.Detail, dnsclient.ErrTimeout.Error()) {
 		t.Errorf("detail %q, want a DNS timeout", r.Detail)
 	}
 	if r.Duration < dnsTimeout || r.Duration >= testTimeout {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/dnsclient"
 )
 
 // Bounds on what a probed server may send: a hostile MX must not make the
@@ -132,7 +134,7 @@ func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr n
 	start := p.now()
 	h = HostResult{Host: host, Preference: pref, Addr: addr}
 	defer func() { h.Duration = p.now().Sub(start) }()
-	if !p.AllowPrivate && !IsPublic(addr.Addr()) {
+	if !p.AllowPrivate && !dnsclient.IsPublic(addr.Addr()) {
 		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+" is not a public address"
 		p.Metrics.refusedPrivate()
 		return h
@@ -297,32 +299,4 @@ func (p *Prober) checkCertificate(h *HostResult, certs []*x509.Certificate) erro
 		return fail(CauseNameMismatch, "certificate is for %s, not %s", strings.Join(leaf.DNSNames, ", "), h.Host)
 	}
 	return nil
-}
-
-// IsPublic reports whether a probe may connect to a: not loopback,
-// private (RFC 1918, ULA), link-local, multicast, unspecified, CGNAT or
-// otherwise reserved. An attacker who controls a domain's MX records must
-// not steer the daemon into the local network.
-func IsPublic(a netip.Addr) bool {
-	a = a.Unmap()
-	if !a.IsValid() || a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() ||
-		a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
-		return false
-	}
-	for _, p := range reserved {
-		if p.Contains(a) {
-			return false
-		}
-	}
-	return true
-}
-
-var reserved = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"), // CGNAT
-	netip.MustParsePrefix("192.0.0.0/24"),
-	netip.MustParsePrefix("198.18.0.0/15"), // benchmarking
-	netip.MustParsePrefix("240.0.0.0/4"),   // reserved, broadcast
-	netip.MustParsePrefix("64:ff9b:1::/48"),
-	netip.MustParsePrefix("100::/64"), // discard
 }

@@ -1,4 +1,4 @@
-package tlsprobe
+package dnsclient
 
 import (
 	"context"
@@ -16,16 +16,20 @@ import (
 	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
 )
 
+// testTimeout bounds each query in tests that expect answers: far above
+// what a loopback answer takes, so a slow machine passes.
+const testTimeout = 2 * time.Second
+
 // dnsClient returns a client that asks servers, in order.
-func dnsClient(servers ...string) *DNSClient {
-	return &DNSClient{Servers: servers, Timeout: testDNSTimeout}
+func dnsClient(servers ...string) *Client {
+	return &Client{Servers: servers, Timeout: testTimeout}
 }
 
-// scriptedDNS serves, over UDP on 127.0.0.1, whatever answer gives, for the
-// replies fakedns is too correct to give: an answer that stops at a CNAME,
-// a CNAME loop inside one answer, one failing record type. It returns the
-// address and a count of the queries received.
-func scriptedDNS(t *testing.T, answer func(q dns.Question) (rcode int, rrs []dns.RR)) (string, *atomic.Int32) {
+// scriptedServer serves, over UDP on 127.0.0.1, the reply handle makes of
+// each query, or none when it returns nil, for the replies fakedns is too
+// correct to give. It returns the address and a count of the queries
+// received.
+func scriptedServer(t *testing.T, handle func(req *dns.Msg) *dns.Msg) (string, *atomic.Int32) {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -38,9 +42,9 @@ func scriptedDNS(t *testing.T, answer func(q dns.Question) (rcode int, rrs []dns
 		NotifyStartedFunc: func() { close(started) },
 		Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
 			queries.Add(1)
-			m := new(dns.Msg).SetReply(req)
-			m.Rcode, m.Answer = answer(req.Question[0])
-			w.WriteMsg(m)
+			if m := handle(req); m != nil {
+				w.WriteMsg(m)
+			}
 		}),
 	}
 	errc := make(chan error, 1)
@@ -57,6 +61,35 @@ func scriptedDNS(t *testing.T, answer func(q dns.Question) (rcode int, rrs []dns
 	return pc.LocalAddr().String(), &queries
 }
 
+// scriptedDNS is scriptedServer answering each question with the rcode and
+// records answer gives: an answer that stops at a CNAME, a CNAME loop
+// inside one answer, one failing record type.
+func scriptedDNS(t *testing.T, answer func(q dns.Question) (rcode int, rrs []dns.RR)) (string, *atomic.Int32) {
+	t.Helper()
+	return scriptedServer(t, func(req *dns.Msg) *dns.Msg {
+		m := new(dns.Msg).SetReply(req)
+		m.Rcode, m.Answer = answer(req.Question[0])
+		return m
+	})
+}
+
+// loopingDNS is a server that answers a.example.test with a CNAME to
+// b.example.test and any other name with a CNAME to a.example.test, one
+// link per answer.
+func loopingDNS(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	return scriptedServer(t, func(req *dns.Msg) *dns.Msg {
+		m := new(dns.Msg).SetReply(req)
+		q := req.Question[0]
+		target := "a.example.test."
+		if q.Name == target {
+			target = "b.example.test."
+		}
+		m.Answer = []dns.RR{&dns.CNAME{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 60}, Target: target}}
+		return m
+	})
+}
+
 func rr(t *testing.T, s string) dns.RR {
 	t.Helper()
 	r, err := dns.NewRR(s)
@@ -66,7 +99,7 @@ func rr(t *testing.T, s string) dns.RR {
 	return r
 }
 
-func TestDNSClientMXSorted(t *testing.T) {
+func TestClientMXSorted(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 20, "b.example.test")
@@ -83,7 +116,7 @@ func TestDNSClientMXSorted(t *testing.T) {
 	}
 }
 
-func TestDNSClientNullMX(t *testing.T) {
+func TestClientNullMX(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 0, ".")
@@ -95,7 +128,7 @@ func TestDNSClientNullMX(t *testing.T) {
 
 // A domain that exists without MX records: no records, no error (the
 // implicit MX applies).
-func TestDNSClientNoData(t *testing.T) {
+func TestClientNoData(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddA("example.test", "192.0.2.1")
@@ -109,16 +142,16 @@ func TestDNSClientNoData(t *testing.T) {
 	}
 }
 
-// checkDNSError checks that err is a *DNSError for name (fully qualified or
+// checkError checks that err is a *Error for name (fully qualified or
 // not) and qtype wrapping kind, and that it can be unwrapped safely.
-func checkDNSError(t *testing.T, err error, name, qtype string, kind error) {
+func checkError(t *testing.T, err error, name, qtype string, kind error) {
 	t.Helper()
-	var de *DNSError
+	var de *Error
 	if !errors.As(err, &de) || !errors.Is(err, kind) {
-		t.Fatalf("err = %v (%T), want a *DNSError wrapping %q", err, err, kind)
+		t.Fatalf("err = %v (%T), want a *Error wrapping %q", err, err, kind)
 	}
 	if dns.Fqdn(de.Name) != dns.Fqdn(name) || de.Qtype != qtype {
-		t.Errorf("DNSError for %s %s, want %s %s", de.Name, de.Qtype, name, qtype)
+		t.Errorf("Error for %s %s, want %s %s", de.Name, de.Qtype, name, qtype)
 	}
 	// errors: "It is invalid for an Unwrap method to return an []error
 	// containing a nil error value."
@@ -127,28 +160,28 @@ func checkDNSError(t *testing.T, err error, name, qtype string, kind error) {
 			t.Errorf("%v: Unwrap returns a nil error", err)
 		}
 	}
-	for _, other := range []error{ErrNXDomain, ErrServFail, ErrDNSTimeout, ErrDNSOther} {
+	for _, other := range []error{ErrNXDomain, ErrServFail, ErrTimeout, ErrOther} {
 		if other != kind && errors.Is(err, other) {
 			t.Errorf("err = %v also matches %q", err, other)
 		}
 	}
 }
 
-func TestDNSClientNXDomain(t *testing.T) {
+func TestClientNXDomain(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("other.test", 10, "mx.other.test")
 	c := dnsClient(d.Addr())
 	_, err := c.LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrNXDomain)
+	checkError(t, err, "example.test", "MX", ErrNXDomain)
 	_, err = c.LookupAddrs(context.Background(), "mx.example.test")
-	checkDNSError(t, err, "mx.example.test", "A", ErrNXDomain)
+	checkError(t, err, "mx.example.test", "A", ErrNXDomain)
 	if n := d.Count("mx.example.test", dns.TypeAAAA); n != 0 {
 		t.Errorf("%d AAAA queries after NXDOMAIN for A, want none", n)
 	}
 }
 
-func TestDNSClientServFail(t *testing.T) {
+func TestClientServFail(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 10, "mx.example.test")
@@ -156,48 +189,48 @@ func TestDNSClientServFail(t *testing.T) {
 	d.SetRcode("mx.example.test", dns.RcodeServerFailure)
 	c := dnsClient(d.Addr())
 	_, err := c.LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrServFail)
+	checkError(t, err, "example.test", "MX", ErrServFail)
 	_, err = c.LookupAddrs(context.Background(), "mx.example.test")
-	checkDNSError(t, err, "mx.example.test", "A", ErrServFail)
+	checkError(t, err, "mx.example.test", "A", ErrServFail)
 }
 
-func TestDNSClientRefused(t *testing.T) {
+func TestClientRefused(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.SetRcode("example.test", dns.RcodeRefused)
 	_, err := dnsClient(d.Addr()).LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrDNSOther)
+	checkError(t, err, "example.test", "MX", ErrOther)
 }
 
-func TestDNSClientTimeout(t *testing.T) {
+func TestClientTimeout(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 10, "mx.example.test")
 	d.SetDrop("example.test", true)
-	c := &DNSClient{Servers: []string{d.Addr()}, Timeout: 200 * time.Millisecond}
+	c := &Client{Servers: []string{d.Addr()}, Timeout: 200 * time.Millisecond}
 	start := time.Now()
 	_, err := c.LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrDNSTimeout)
+	checkError(t, err, "example.test", "MX", ErrTimeout)
 	if took := time.Since(start); took < c.Timeout || took > 10*c.Timeout {
 		t.Errorf("lookup took %v, want about %v", took, c.Timeout)
 	}
 }
 
 // A context that ends is a timeout too, and no server is asked after it.
-func TestDNSClientContextDone(t *testing.T) {
+func TestClientContextDone(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 10, "mx.example.test")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := dnsClient(d.Addr(), d.Addr()).LookupMX(ctx, "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrDNSTimeout)
+	checkError(t, err, "example.test", "MX", ErrTimeout)
 	if n := len(d.Queries()); n != 0 {
 		t.Errorf("%d queries after the context ended", n)
 	}
 }
 
-func TestDNSClientCNAMEChain(t *testing.T) {
+func TestClientCNAMEChain(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddCNAME("mx.example.test", "one.hosting.test")
@@ -220,7 +253,7 @@ func TestDNSClientCNAMEChain(t *testing.T) {
 }
 
 // A CNAME to a name without records of the type: no records, no error.
-func TestDNSClientCNAMEToNoData(t *testing.T) {
+func TestClientCNAMEToNoData(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddCNAME("mx.example.test", "v6only.hosting.test")
@@ -233,7 +266,7 @@ func TestDNSClientCNAMEToNoData(t *testing.T) {
 
 // A server may answer with the CNAME only (as an authoritative server does
 // for a target out of its zone): the client asks again for the target.
-func TestDNSClientCNAMEFollowUp(t *testing.T) {
+func TestClientCNAMEFollowUp(t *testing.T) {
 	t.Parallel()
 	addr, queries := scriptedDNS(t, func(q dns.Question) (int, []dns.RR) {
 		switch {
@@ -260,7 +293,7 @@ func TestDNSClientCNAMEFollowUp(t *testing.T) {
 
 // CNAME loops end in an error, whether the server detects them (fakedns:
 // SERVFAIL), puts the loop in one answer, or spreads it over answers.
-func TestDNSClientCNAMELoop(t *testing.T) {
+func TestClientCNAMELoop(t *testing.T) {
 	t.Parallel()
 	t.Run("server", func(t *testing.T) {
 		t.Parallel()
@@ -268,7 +301,7 @@ func TestDNSClientCNAMELoop(t *testing.T) {
 		d.AddCNAME("a.example.test", "b.example.test")
 		d.AddCNAME("b.example.test", "a.example.test")
 		_, err := dnsClient(d.Addr()).LookupAddrs(context.Background(), "a.example.test")
-		checkDNSError(t, err, "a.example.test", "A", ErrServFail)
+		checkError(t, err, "a.example.test", "A", ErrServFail)
 	})
 	t.Run("one answer", func(t *testing.T) {
 		t.Parallel()
@@ -279,19 +312,13 @@ func TestDNSClientCNAMELoop(t *testing.T) {
 			}
 		})
 		_, err := dnsClient(addr).LookupMX(context.Background(), "a.example.test")
-		checkDNSError(t, err, "a.example.test", "MX", ErrDNSOther)
+		checkError(t, err, "a.example.test", "MX", ErrOther)
 	})
 	t.Run("across answers", func(t *testing.T) {
 		t.Parallel()
-		addr, queries := scriptedDNS(t, func(q dns.Question) (int, []dns.RR) {
-			target := "a.example.test."
-			if q.Name == target {
-				target = "b.example.test."
-			}
-			return dns.RcodeSuccess, []dns.RR{rr(t, q.Name+" 60 IN CNAME "+target)}
-		})
+		addr, queries := loopingDNS(t)
 		_, err := dnsClient(addr).LookupMX(context.Background(), "a.example.test")
-		checkDNSError(t, err, "a.example.test", "MX", ErrDNSOther)
+		checkError(t, err, "a.example.test", "MX", ErrOther)
 		if n := queries.Load(); n > maxCNAMEs+1 {
 			t.Errorf("%d queries, want at most %d", n, maxCNAMEs+1)
 		}
@@ -307,11 +334,11 @@ func TestDNSClientCNAMELoop(t *testing.T) {
 			return dns.RcodeSuccess, append(rrs, rr(t, strings.Repeat("x", 2*maxCNAMEs)+"a.example.test. 60 IN MX 10 mx.example.test."))
 		})
 		_, err := dnsClient(addr).LookupMX(context.Background(), "a.example.test")
-		checkDNSError(t, err, "a.example.test", "MX", ErrDNSOther)
+		checkError(t, err, "a.example.test", "MX", ErrOther)
 	})
 }
 
-func TestDNSClientAddrs(t *testing.T) {
+func TestClientAddrs(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddA("mx.example.test", "192.0.2.1")
@@ -334,7 +361,7 @@ func TestDNSClientAddrs(t *testing.T) {
 
 // One address family failing is not fatal when the other answers; both
 // failing is.
-func TestDNSClientAddrsOneFamilyFails(t *testing.T) {
+func TestClientAddrsOneFamilyFails(t *testing.T) {
 	t.Parallel()
 	addr, _ := scriptedDNS(t, func(q dns.Question) (int, []dns.RR) {
 		switch {
@@ -353,11 +380,11 @@ func TestDNSClientAddrsOneFamilyFails(t *testing.T) {
 		}
 	}
 	_, err := c.LookupAddrs(context.Background(), "none.example.test")
-	checkDNSError(t, err, "none.example.test", "A", ErrServFail)
+	checkError(t, err, "none.example.test", "A", ErrServFail)
 }
 
 // An answer too large for UDP is truncated, and asked again over TCP.
-func TestDNSClientTCPFallback(t *testing.T) {
+func TestClientTCPFallback(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	var want []netip.Addr
@@ -398,7 +425,7 @@ func deadAddr(t *testing.T) string {
 }
 
 // A server that does not answer, or fails, is skipped for the next.
-func TestDNSClientFailover(t *testing.T) {
+func TestClientFailover(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddMX("example.test", 10, "mx.example.test")
@@ -413,22 +440,22 @@ func TestDNSClientFailover(t *testing.T) {
 	// NXDOMAIN is an answer: the next server is not asked.
 	other := fakedns.MustStart(t)
 	_, err := dnsClient(other.Addr(), d.Addr()).LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrNXDomain)
+	checkError(t, err, "example.test", "MX", ErrNXDomain)
 	if n := d.Count("example.test", dns.TypeMX); n != 2 {
 		t.Errorf("second server asked %d times, want 2 (not after NXDOMAIN)", n)
 	}
 }
 
-func TestDNSClientNoServers(t *testing.T) {
+func TestClientNoServers(t *testing.T) {
 	t.Parallel()
 	_, err := dnsClient().LookupMX(context.Background(), "example.test")
-	checkDNSError(t, err, "example.test", "MX", ErrDNSOther)
+	checkError(t, err, "example.test", "MX", ErrOther)
 }
 
 // LookupTXT joins each record's character-strings (split by DNS at 255
 // bytes), keeps records apart, and gives back the bytes as published,
 // including those that miekg/dns escapes.
-func TestDNSClientTXT(t *testing.T) {
+func TestClientTXT(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	long := strings.Repeat("a", 300) // two character-strings on the wire
@@ -451,7 +478,7 @@ func TestDNSClientTXT(t *testing.T) {
 	}
 }
 
-func TestDNSClientTXTNone(t *testing.T) {
+func TestClientTXTNone(t *testing.T) {
 	t.Parallel()
 	d := fakedns.MustStart(t)
 	d.AddA("example.test", "192.0.2.1")
@@ -467,9 +494,9 @@ func TestDNSClientTXTNone(t *testing.T) {
 		t.Errorf("CNAME: LookupTXT = %q, %v", got, err)
 	}
 	_, err := c.LookupTXT(ctx, "_mta-sts.nowhere.test")
-	checkDNSError(t, err, "_mta-sts.nowhere.test", "TXT", ErrNXDomain)
+	checkError(t, err, "_mta-sts.nowhere.test", "TXT", ErrNXDomain)
 	_, err = c.LookupTXT(ctx, "_mta-sts.broken.test")
-	checkDNSError(t, err, "_mta-sts.broken.test", "TXT", ErrServFail)
+	checkError(t, err, "_mta-sts.broken.test", "TXT", ErrServFail)
 }
 
 func TestUnescapeTXT(t *testing.T) {
