@@ -228,11 +228,13 @@ func (s *Server) Close() error {
 	s.beginShutdown()
 	err := s.closeListeners()
 	s.mu.Lock()
-	s.cancel()
+	// Connections first: a lookup that returns when its context is
+	// canceled must find its connection closed, not slip a reply out.
 	for c := range s.conns {
 		c.state.Store(stateClosed)
 		c.nc.Close()
 	}
+	s.cancel()
 	s.mu.Unlock()
 	return err
 }
