@@ -84,7 +84,7 @@ func printFindings(w io.Writer, f policyd.Findings, minVersion uint16) {
 }
 
 // printProbe writes a probe result as a table a postmaster can read.
-func printProbe(w io.Writer, r tlsprobe.Result, minVersion uint16) {
+func printProbe(w io.Writer, r tlsprobe.Report, minVersion uint16) {
 	verdict := r.Capability.String()
 	if r.Failed() {
 		verdict = "no evidence"
@@ -130,7 +130,7 @@ func cipherName(id uint16) string {
 	return tls.CipherSuiteName(id)
 }
 
-func certSummary(h tlsprobe.HostResult) string {
+func certSummary(h tlsprobe.HostReport) string {
 	if h.NotAfter.IsZero() {
 		return "-"
 	}

@@ -48,7 +48,7 @@ type Checker struct {
 	// Port is the SMTP port whose TLSA records Check looks up,
 	// "_PORT._tcp.HOST"; 0 means DefaultPort.
 	Port int
-	// Now is the clock for Result.CheckedAt; nil means time.Now.
+	// Now is the clock for DomainTLSA.CheckedAt; nil means time.Now.
 	Now func() time.Time
 	// Metrics, if not nil, counts checks.
 	Metrics *Metrics
@@ -100,19 +100,19 @@ func (c *Checker) now() time.Time {
 //
 // Check never fails: a failure is the TempFail verdict, with Err set. Each
 // query has the Checker's Timeout; ctx bounds the whole check.
-func (c *Checker) Check(ctx context.Context, domain string) Result {
+func (c *Checker) Check(ctx context.Context, domain string) DomainTLSA {
 	r := c.check(ctx, domain)
 	r.CheckedAt = c.now()
 	c.Metrics.lookup(label(r.Verdict, r.Insecure))
 	return r
 }
 
-func (c *Checker) check(ctx context.Context, domain string) Result {
+func (c *Checker) check(ctx context.Context, domain string) DomainTLSA {
 	d, err := normalize(domain)
 	if err != nil {
-		return Result{Domain: domain, Verdict: NoDANE, Detail: fmt.Sprintf("not a domain name: %v", err)}
+		return DomainTLSA{Domain: domain, Verdict: NoDANE, Detail: fmt.Sprintf("not a domain name: %v", err)}
 	}
-	r := Result{Domain: d}
+	r := DomainTLSA{Domain: d}
 	if !c.trusted() {
 		r.Insecure, r.Err, r.Detail = true, ErrUntrusted, ErrUntrusted.Error()
 		return r
@@ -255,7 +255,7 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 
 	// Address records (RFC 7672 section 2.2.2).
 	dc := c.client()
-	var addrs [2]dnsclient.Answer
+	var addrs [2]dnsclient.Resolution
 	for i, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		a, err := dc.Lookup(ctx, host, qtype)
 		if err != nil {

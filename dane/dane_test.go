@@ -68,7 +68,7 @@ func secureTLSA(s *fakedns.Server, host string, usage, selector, mtype uint8, da
 	s.SetAD(tlsaName(host), true)
 }
 
-func statuses(r Result) []HostStatus {
+func statuses(r DomainTLSA) []HostStatus {
 	var out []HostStatus
 	for _, h := range r.Hosts {
 		out = append(out, h.Status)
@@ -76,7 +76,7 @@ func statuses(r Result) []HostStatus {
 	return out
 }
 
-func hostNames(r Result) []string {
+func hostNames(r DomainTLSA) []string {
 	var out []string
 	for _, h := range r.Hosts {
 		out = append(out, h.Host)
@@ -86,7 +86,7 @@ func hostNames(r Result) []string {
 
 // wantResult checks the verdict and the hosts' statuses, and logs the
 // result for failing tests.
-func wantResult(t *testing.T, r Result, v Verdict, hosts ...HostStatus) {
+func wantResult(t *testing.T, r DomainTLSA, v Verdict, hosts ...HostStatus) {
 	t.Helper()
 	if r.Verdict != v || !slices.Equal(statuses(r), hosts) {
 		t.Fatalf("verdict %v, hosts %v, detail %q, err %v\nwant verdict %v, hosts %v\nhosts: %+v",
@@ -393,7 +393,7 @@ func TestCheckContextCancel(t *testing.T) {
 	c := newChecker(s)
 	c.Timeout = time.Hour
 	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan Result, 1)
+	done := make(chan DomainTLSA, 1)
 	go func() { done <- c.Check(ctx, "example.test") }()
 	// Wait for the dropped TLSA query (MX, A, AAAA come first), then cancel:
 	// the check must end at once, not at its hour-long timeout.

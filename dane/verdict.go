@@ -131,8 +131,8 @@ type HostTLSA struct {
 	Err error
 }
 
-// Result is the outcome of checking one destination domain.
-type Result struct {
+// DomainTLSA is the outcome of checking one destination domain.
+type DomainTLSA struct {
 	// Domain is the domain checked, lower case A-labels, no trailing dot.
 	Domain  string
 	Verdict Verdict

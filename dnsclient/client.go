@@ -107,9 +107,9 @@ func (c *Client) timeout() time.Duration {
 	return DefaultTimeout
 }
 
-// Answer is the outcome of a lookup that got an answer, NOERROR or
+// Resolution is the outcome of a lookup that got an answer, NOERROR or
 // NXDOMAIN.
-type Answer struct {
+type Resolution struct {
 	// Records are the records of the asked type at the end of any CNAME
 	// chain.
 	Records []dns.RR
@@ -130,16 +130,16 @@ type Answer struct {
 // when an answer stops at a CNAME without the target's records, with a new
 // query for its target. A name that does not exist is an Answer with
 // NXDomain set, not an error; errors are *Error.
-func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer, error) {
+func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Resolution, error) {
 	asked := strings.ToLower(dns.Fqdn(name))
 	tooLong := &Error{Name: asked, Qtype: dns.TypeToString[qtype], Kind: ErrOther, Err: errors.New("CNAME chain too long")}
 	target := asked
-	a := Answer{Secure: c.DNSSEC}
+	a := Resolution{Secure: c.DNSSEC}
 	links := 0 // CNAMEs followed, in answers and across queries: an answer may loop
 	for range maxCNAMEs + 1 {
 		r, err := c.query(ctx, target, qtype)
 		if err != nil {
-			return Answer{}, err
+			return Resolution{}, err
 		}
 		a.Secure = a.Secure && r.AuthenticatedData
 		followed := false
@@ -151,7 +151,7 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer,
 				}
 				if cn, ok := rr.(*dns.CNAME); ok && qtype != dns.TypeCNAME {
 					if links++; links > maxCNAMEs {
-						return Answer{}, tooLong
+						return Resolution{}, tooLong
 					}
 					target = strings.ToLower(dns.Fqdn(cn.Target))
 					followed, changed = true, true
@@ -174,7 +174,7 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Answer,
 			return a, nil
 		}
 	}
-	return Answer{}, tooLong
+	return Resolution{}, tooLong
 }
 
 // query asks the servers in turn and returns the first NOERROR or NXDOMAIN

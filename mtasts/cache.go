@@ -86,8 +86,8 @@ func Outcomes() []Outcome {
 	return os
 }
 
-// Result is a Cache lookup in full.
-type Result struct {
+// Discovery is a Cache lookup in full.
+type Discovery struct {
 	// Policy is the policy now known for the domain: fresh, cached, or
 	// the zero Policy when none is known.
 	Policy Policy
@@ -158,7 +158,7 @@ type entry struct {
 // flight is a lookup in progress, which others for the domain wait for.
 type flight struct {
 	done    chan struct{}
-	res     Result
+	res     Discovery
 	retry   bool // the leader's context ended: waiters must look up themselves
 	waiters int  // lookups waiting; tests read it
 }
@@ -192,7 +192,7 @@ func NewCache(f *Fetcher, size int, now func() time.Time, m *Metrics) *Cache {
 
 // Get returns the policy to apply to mail for domain now, how the lookup
 // went, and whether there is a policy to apply (mode testing or enforce; see
-// Result.OK). It honours ctx: discovery and fetch stop when it ends.
+// Discovery.OK). It honours ctx: discovery and fetch stop when it ends.
 //
 // A policy applies to its exact domain only (RFC 8461 section 3.4): look up
 // the recipient domain, not a parent, a next-hop host or a relay.
@@ -202,10 +202,10 @@ func (c *Cache) Get(ctx context.Context, domain string) (Policy, Outcome, bool) 
 }
 
 // Lookup is Get with the error that explains a failure outcome.
-func (c *Cache) Lookup(ctx context.Context, domain string) Result {
+func (c *Cache) Lookup(ctx context.Context, domain string) Discovery {
 	d, err := normalizeDomain(domain)
 	if err != nil {
-		r := Result{Outcome: OutcomeNoPolicy, Err: err}
+		r := Discovery{Outcome: OutcomeNoPolicy, Err: err}
 		c.m.lookedUp(r.Outcome)
 		return r
 	}
@@ -226,7 +226,7 @@ func (c *Cache) Lookup(ctx context.Context, domain string) Result {
 				fl.waiters--
 				p, has := c.current(d, c.now())
 				c.mu.Unlock()
-				r := Result{Outcome: OutcomeTimeout, Err: ctx.Err()}
+				r := Discovery{Outcome: OutcomeTimeout, Err: ctx.Err()}
 				if has {
 					r.Policy, r.OK = p, p.Mode != ModeNone
 				}
@@ -251,17 +251,17 @@ func (c *Cache) Lookup(ctx context.Context, domain string) Result {
 }
 
 // resolve does one lookup of d; it runs alone for d (single flight).
-func (c *Cache) resolve(ctx context.Context, d string) Result {
+func (c *Cache) resolve(ctx context.Context, d string) Discovery {
 	c.mu.Lock()
 	cached, has := c.current(d, c.now())
 	c.mu.Unlock()
 	// answer returns the cached policy under the "_cached" variant of a
 	// failure outcome when there is one, else nothing under failed.
-	answer := func(failed, withCache Outcome, err error) Result {
+	answer := func(failed, withCache Outcome, err error) Discovery {
 		if has {
-			return Result{Policy: cached, Outcome: withCache, OK: cached.Mode != ModeNone, Err: err}
+			return Discovery{Policy: cached, Outcome: withCache, OK: cached.Mode != ModeNone, Err: err}
 		}
-		return Result{Outcome: failed, Err: err}
+		return Discovery{Outcome: failed, Err: err}
 	}
 
 	id, found, err := c.f.Discover(ctx, d)
@@ -273,11 +273,11 @@ func (c *Cache) resolve(ctx context.Context, d string) Result {
 	case !found:
 		return answer(OutcomeNoPolicy, OutcomeNoRecordCached, nil)
 	case has && cached.ID == id && !c.refreshDue(cached):
-		return Result{Policy: cached, Outcome: OutcomeCached, OK: cached.Mode != ModeNone}
+		return Discovery{Policy: cached, Outcome: OutcomeCached, OK: cached.Mode != ModeNone}
 	}
-	fetchFailed := func(err error) Result {
+	fetchFailed := func(err error) Discovery {
 		if !has && (errors.Is(err, ErrInvalidPolicy) || errors.Is(err, ErrTooLarge)) {
-			return Result{Outcome: OutcomeInvalidPolicy, Err: err}
+			return Discovery{Outcome: OutcomeInvalidPolicy, Err: err}
 		}
 		return answer(OutcomeFetchFailed, OutcomeFetchFailedCached, err)
 	}
@@ -309,7 +309,7 @@ func (c *Cache) resolve(ctx context.Context, d string) Result {
 	}
 	p.ID, p.FetchedAt = id, now
 	*e = entry{policy: p, has: true}
-	return Result{Policy: p, Outcome: OutcomeFetched, OK: p.Mode != ModeNone}
+	return Discovery{Policy: p, Outcome: OutcomeFetched, OK: p.Mode != ModeNone}
 }
 
 // current returns d's cached policy if it has not expired at now, and

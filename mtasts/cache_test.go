@@ -17,7 +17,7 @@ import (
 
 // lookup does c.Lookup and checks its outcome, whether a policy applies
 // and, if one is returned, its mode and id.
-func lookup(t *testing.T, c *Cache, domain string, outcome Outcome, ok bool, mode Mode, id string) Result {
+func lookup(t *testing.T, c *Cache, domain string, outcome Outcome, ok bool, mode Mode, id string) Discovery {
 	t.Helper()
 	r := c.Lookup(testContext(t), domain)
 	if r.Outcome != outcome || r.OK != ok {
@@ -325,7 +325,7 @@ func TestCacheSingleFlight(t *testing.T) {
 	w.hit = make(chan string, 10)
 	c, _, _, _ := newCache(t, w)
 	const n = 8
-	results := make(chan Result, n)
+	results := make(chan Discovery, n)
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() { results <- c.Lookup(testContext(t), "example.test") })
@@ -378,13 +378,13 @@ func TestCacheContext(t *testing.T) {
 	w.hit = make(chan string, 10)
 
 	leaderCtx, cancelLeader := context.WithCancel(testContext(t))
-	leader := make(chan Result, 1)
+	leader := make(chan Discovery, 1)
 	go func() { leader <- c.Lookup(leaderCtx, "example.test") }()
 	<-w.hit
 
 	// A waiter gives up first.
 	waiterCtx, cancelWaiter := context.WithCancel(testContext(t))
-	waiter := make(chan Result, 1)
+	waiter := make(chan Discovery, 1)
 	go func() { waiter <- c.Lookup(waiterCtx, "example.test") }()
 	waitFor(t, func() bool {
 		c.mu.Lock()
@@ -418,10 +418,10 @@ func TestCacheWaiterRetries(t *testing.T) {
 	c, _, _, _ := newCache(t, w)
 
 	leaderCtx, cancelLeader := context.WithCancel(testContext(t))
-	leader := make(chan Result, 1)
+	leader := make(chan Discovery, 1)
 	go func() { leader <- c.Lookup(leaderCtx, "example.test") }()
 	<-w.hit
-	waiter := make(chan Result, 1)
+	waiter := make(chan Discovery, 1)
 	go func() { waiter <- c.Lookup(testContext(t), "example.test") }()
 	waitFor(t, func() bool {
 		c.mu.Lock()

@@ -89,7 +89,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	cache := NewProbeCache(p.Settings, gatherer, deps, func(key string, f Findings) {
 		book.learn(key, f.Probe, minTLS)
 		if b, err := json.Marshal(f); err == nil {
-			if err := store.PutProbes(state.Probe{Key: key, Result: b}); err != nil {
+			if err := store.PutProbes(state.Probe{Key: key, Findings: b}); err != nil {
 				book.metrics.storeErrors.Inc()
 				opts.Logger.Error("cannot write a probe result to the state store", "destination", key, "err", err)
 			}

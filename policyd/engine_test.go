@@ -166,7 +166,7 @@ func TestReloadSwapsWholePolicy(t *testing.T) {
 func TestLookupTableAllocs(t *testing.T) {
 	engines := map[string]*Engine{
 		"rules only":    NewEngine(mustLoad(t, testRules), nil),
-		"with evidence": NewEngine(mustLoad(t, "mtasts: {enabled: false}\n"+testRules), &fakeFindings{results: map[string]tlsprobe.Result{}}),
+		"with evidence": NewEngine(mustLoad(t, "mtasts: {enabled: false}\n"+testRules), &fakeFindings{results: map[string]tlsprobe.Report{}}),
 	}
 	ctx := context.Background()
 	for name, e := range engines {

@@ -13,7 +13,7 @@ import (
 // probing": Lookup blocks until ctx ends, as the cache does past probe.wait.
 type fakeFindings struct {
 	mu         sync.Mutex
-	results    map[string]tlsprobe.Result // probe results
+	results    map[string]tlsprobe.Report // probe results
 	findings   map[string]Findings        // whole findings (published policies), checked first
 	asked      []tlsprobe.Target
 	prefetched []tlsprobe.Target
@@ -73,10 +73,10 @@ classes:
 
 func TestEvidenceRaisesNeverLowers(t *testing.T) {
 	t.Parallel()
-	capable := func(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Result {
-		return tlsprobe.Result{Capability: c, Cause: cause}
+	capable := func(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Report {
+		return tlsprobe.Report{Capability: c, Cause: cause}
 	}
-	ev := &fakeFindings{results: map[string]tlsprobe.Result{
+	ev := &fakeFindings{results: map[string]tlsprobe.Report{
 		"good.test":          capable(tlsprobe.CapVerify, tlsprobe.CauseNone),
 		"selfsigned.test":    capable(tlsprobe.CapEncrypt, tlsprobe.CauseUnknownAuthority),
 		"plain.test":         capable(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
@@ -125,7 +125,7 @@ func TestEvidenceRaisesNeverLowers(t *testing.T) {
 
 func TestEvidenceTargets(t *testing.T) {
 	t.Parallel()
-	ev := &fakeFindings{results: map[string]tlsprobe.Result{}}
+	ev := &fakeFindings{results: map[string]tlsprobe.Report{}}
 	e := NewEngine(mustLoad(t, evidenceRules), ev)
 	for _, key := range []string{"Mixed.Example.", "[MX.example.net]", "[mx.example.net]:2525", "relay.example.net:587"} {
 		e.LookupTable(context.Background(), "tlspolicy", []byte(key))
@@ -149,7 +149,7 @@ func TestEvidenceTargets(t *testing.T) {
 
 func TestEvidenceWaitBounded(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, evidenceRules), &fakeFindings{results: map[string]tlsprobe.Result{}})
+	e := NewEngine(mustLoad(t, evidenceRules), &fakeFindings{results: map[string]tlsprobe.Report{}})
 	d := e.Decide(context.Background(), "tarpit.test", "", 20*time.Millisecond)
 	if !d.Waited || d.Probed || d.Answer.Text != "may" {
 		t.Errorf("decision = %+v, want the floor after waiting", d)

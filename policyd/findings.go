@@ -17,7 +17,7 @@ import (
 // mail servers and what it publishes (DANE TLSA records, an MTA-STS
 // policy). It is what the probe cache holds and the state store keeps.
 type Findings struct {
-	Probe tlsprobe.Result `json:"probe"`
+	Probe tlsprobe.Report `json:"probe"`
 	// DANE is the verdict of the TLSA records (dane.NoDANE when DANE is
 	// off or the destination publishes none); DANEDetail says why.
 	DANE       dane.Verdict `json:"dane"`

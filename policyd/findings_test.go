@@ -31,8 +31,8 @@ func TestPublishedPolicies(t *testing.T) {
 	t.Parallel()
 	enforce := &mtasts.Policy{Version: "STSv1", Mode: mtasts.ModeEnforce, MX: []string{"mx1.example.com", "*.example.net"}, MaxAge: time.Hour, ID: "20261129"}
 	testing := &mtasts.Policy{Version: "STSv1", Mode: mtasts.ModeTesting, MX: []string{"mx1.example.com"}, MaxAge: time.Hour, ID: "1"}
-	verified := tlsprobe.Result{Capability: tlsprobe.CapVerify}
-	plain := tlsprobe.Result{Capability: tlsprobe.CapNone, Cause: tlsprobe.CauseNoSTARTTLS}
+	verified := tlsprobe.Report{Capability: tlsprobe.CapVerify}
+	plain := tlsprobe.Report{Capability: tlsprobe.CapNone, Cause: tlsprobe.CauseNoSTARTTLS}
 	ev := &fakeFindings{findings: map[string]Findings{
 		"daneonly.test":       {Probe: verified, DANE: dane.DANEOnly},
 		"mixed.test":          {Probe: verified, DANE: dane.MixedDANE},
@@ -90,7 +90,7 @@ func TestRenderSTSForOlderPostfix(t *testing.T) {
 
 func TestFindingsFailed(t *testing.T) {
 	t.Parallel()
-	failed := tlsprobe.Result{Cause: tlsprobe.CauseDNS}
+	failed := tlsprobe.Report{Cause: tlsprobe.CauseDNS}
 	for _, tt := range []struct {
 		f    Findings
 		want bool
@@ -99,7 +99,7 @@ func TestFindingsFailed(t *testing.T) {
 		{Findings{Probe: failed, DANE: dane.TempFail}, true},
 		{Findings{Probe: failed, DANE: dane.DANEOnly}, false},
 		{Findings{Probe: failed, STS: &mtasts.Policy{Mode: mtasts.ModeEnforce}}, false},
-		{Findings{Probe: tlsprobe.Result{Capability: tlsprobe.CapNone}}, false},
+		{Findings{Probe: tlsprobe.Report{Capability: tlsprobe.CapNone}}, false},
 	} {
 		if got := tt.f.Failed(); got != tt.want {
 			t.Errorf("%+v.Failed() = %v, want %v", tt.f, got, tt.want)

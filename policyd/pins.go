@@ -73,7 +73,7 @@ func pinLevel(p *state.Pin) rules.Level {
 // pinned level confirms (and may raise) the pin; a result below it is a
 // possible downgrade attack, logged and counted, and the pin stands. A
 // failed probe (no evidence) changes nothing.
-func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
+func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
 	if r.Failed() {
 		return
 	}
@@ -84,7 +84,7 @@ func (b *pinBook) learn(key string, r tlsprobe.Result, minTLS uint16) {
 
 // update applies a probe result to the pin in memory and returns the pin
 // to persist.
-func (b *pinBook) update(key string, r tlsprobe.Result, minTLS uint16) (state.Pin, bool) {
+func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pin, bool) {
 	shown := capabilityLevel(r.Capability)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -264,7 +264,7 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 func restoreProbes(probes []state.Probe, restore func(string, Findings)) error {
 	for _, sp := range probes {
 		var r Findings
-		if err := json.Unmarshal(sp.Result, &r); err != nil {
+		if err := json.Unmarshal(sp.Findings, &r); err != nil {
 			return fmt.Errorf("%w: probe result of %s: %v", state.ErrCorrupt, sp.Key, err)
 		}
 		restore(sp.Key, r)

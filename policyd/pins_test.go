@@ -44,8 +44,8 @@ func newTestPinBook(t *testing.T, store state.Store) (*pinBook, *fakeClock, *tes
 	return newPinBook(store, 30*24*time.Hour, clock.Now, log.logger(), prometheus.NewRegistry()), clock, log
 }
 
-func result(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Result {
-	return tlsprobe.Result{Capability: c, Cause: cause, Hosts: []tlsprobe.HostResult{{Host: "mx.example.org", Capability: c, Cause: cause}}}
+func result(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Report {
+	return tlsprobe.Report{Capability: c, Cause: cause, Hosts: []tlsprobe.HostReport{{Host: "mx.example.org", Capability: c, Cause: cause}}}
 }
 
 func TestPinLearning(t *testing.T) {
@@ -57,7 +57,7 @@ func TestPinLearning(t *testing.T) {
 	}
 	// Plaintext or a failed probe pins nothing.
 	b.learn(key, result(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS), 0x0303)
-	b.learn(key, tlsprobe.Result{Cause: tlsprobe.CauseDNS}, 0x0303)
+	b.learn(key, tlsprobe.Report{Cause: tlsprobe.CauseDNS}, 0x0303)
 	if _, ok := b.get(key); ok {
 		t.Fatal("pinned without evidence of TLS")
 	}
@@ -150,7 +150,7 @@ classes:
 
 func TestEngineAnswersFromPins(t *testing.T) {
 	t.Parallel()
-	ev := &fakeFindings{results: map[string]tlsprobe.Result{
+	ev := &fakeFindings{results: map[string]tlsprobe.Report{
 		// The probe now sees plaintext everywhere: a stripping attacker.
 		"pinned.test":  result(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
 		"capped.test":  result(tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS),
@@ -227,7 +227,7 @@ func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 	r := result(tlsprobe.CapEncrypt, tlsprobe.CauseUnknownAuthority)
 	r.ProbedAt = now
 	raw, _ := json.Marshal(Findings{Probe: r})
-	if err := store.PutProbes(state.Probe{Key: "probed.test", Result: raw}); err != nil {
+	if err := store.PutProbes(state.Probe{Key: "probed.test", Findings: raw}); err != nil {
 		t.Fatal(err)
 	}
 	store.Close()

@@ -126,7 +126,7 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) R
 	if pin, ok := e.pinFor(t); ok {
 		pinned = pinLevel(pin)
 	}
-	var res tlsprobe.Result
+	var res tlsprobe.Report
 	looked, ok := false, false
 	for _, req := range reqs {
 		if pinned.AtLeast(capabilityLevel(neededCapability(req.need))) {
@@ -146,7 +146,7 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) R
 }
 
 // judge checks one requirement against the evidence.
-func judge(req requirement, res tlsprobe.Result, known bool, minTLS uint16) RcptDecision {
+func judge(req requirement, res tlsprobe.Report, known bool, minTLS uint16) RcptDecision {
 	// Not knowing is not failing: those defers say so, without the
 	// configured message (which tells the sender the domain cannot).
 	v := RcptDecision{Need: req.need, Message: checkingMessage}

@@ -46,12 +46,12 @@ classes:
 `
 
 func rcptEvidence() *fakeFindings {
-	host := func(name string, c tlsprobe.Capability, cause tlsprobe.Cause, v uint16) tlsprobe.Result {
-		return tlsprobe.Result{Capability: c, Cause: cause, Hosts: []tlsprobe.HostResult{
+	host := func(name string, c tlsprobe.Capability, cause tlsprobe.Cause, v uint16) tlsprobe.Report {
+		return tlsprobe.Report{Capability: c, Cause: cause, Hosts: []tlsprobe.HostReport{
 			{Host: name, Capability: c, Cause: cause, TLSVersion: v, STARTTLS: cause != tlsprobe.CauseNoSTARTTLS},
 		}}
 	}
-	return &fakeFindings{results: map[string]tlsprobe.Result{
+	return &fakeFindings{results: map[string]tlsprobe.Report{
 		"good.test":     host("mx.good.test", tlsprobe.CapVerify, tlsprobe.CauseNone, 0x0304),
 		"plain.test":    host("mx.plain.test", tlsprobe.CapNone, tlsprobe.CauseNoSTARTTLS, 0),
 		"old.test":      host("mx.old.test", tlsprobe.CapNone, tlsprobe.CauseOldTLS, 0x0301),
@@ -110,7 +110,7 @@ func TestVerdictRenderIsOneLine(t *testing.T) {
 func TestTransportMap(t *testing.T) {
 	t.Parallel()
 	ev := rcptEvidence()
-	ev.results["partner-ok.test"] = tlsprobe.Result{Capability: tlsprobe.CapVerify}
+	ev.results["partner-ok.test"] = tlsprobe.Report{Capability: tlsprobe.CapVerify}
 	text := strings.Replace(rcptRules, "  - match: strict.test", `  - match: partner-ok.test
     level: verify
     fallback: "smtp:[gw.test]"

@@ -97,7 +97,7 @@ func (s *Bolt) Load() (pins []Pin, probes []Probe, err error) {
 			return err
 		}
 		return tx.Bucket(bucketProbes).ForEach(func(k, v []byte) error {
-			probes = append(probes, Probe{Key: string(k), Result: append([]byte(nil), v...)})
+			probes = append(probes, Probe{Key: string(k), Findings: append([]byte(nil), v...)})
 			return nil
 		})
 	})
@@ -137,7 +137,7 @@ func (s *Bolt) PutProbes(probes ...Probe) error {
 	return s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketProbes)
 		for _, p := range probes {
-			if err := b.Put([]byte(p.Key), p.Result); err != nil {
+			if err := b.Put([]byte(p.Key), p.Findings); err != nil {
 				return err
 			}
 		}

@@ -25,7 +25,7 @@ func TestBoltRoundTrip(t *testing.T) {
 	if err := s.PutPins(pins...); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutProbes(Probe{Key: "example.org", Result: []byte(`{"Capability":"verify"}`)}); err != nil {
+	if err := s.PutProbes(Probe{Key: "example.org", Findings: []byte(`{"Capability":"verify"}`)}); err != nil {
 		t.Fatal(err)
 	}
 	if found, err := s.DeletePin("nothing.test"); found || err != nil {
@@ -47,7 +47,7 @@ func TestBoltRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || len(probes) != 1 || string(probes[0].Result) != `{"Capability":"verify"}` {
+	if len(got) != 2 || len(probes) != 1 || string(probes[0].Findings) != `{"Capability":"verify"}` {
 		t.Fatalf("after reopening: pins %+v probes %+v", got, probes)
 	}
 	byKey := map[string]Pin{}

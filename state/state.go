@@ -31,11 +31,12 @@ type Pin struct {
 // Valid reports whether the pin is in force at now.
 func (p Pin) Valid(now time.Time) bool { return now.Before(p.Expires) }
 
-// Probe is a stored probe result: the target key and the result as the
-// prober encoded it (JSON), so that this package need not know its shape.
+// Probe is a destination's stored findings (its probe result and what it
+// publishes): the target key and the findings as the daemon encoded them
+// (JSON), so that this package need not know their shape.
 type Probe struct {
-	Key    string
-	Result []byte
+	Key      string
+	Findings []byte
 }
 
 // Store persists pins and probe results.

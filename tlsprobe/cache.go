@@ -30,7 +30,7 @@ type CacheConfig struct {
 	Metrics       *Metrics
 }
 
-// Evidence is what a Cache holds: a probe Result, or a value built around
+// Evidence is what a Cache holds: a probe Report, or a value built around
 // one (the daemon adds what destinations publish, MTA-STS and DANE).
 type Evidence interface {
 	// Failed reports that the value holds no evidence at all: it is kept
@@ -41,7 +41,7 @@ type Evidence interface {
 }
 
 // Gathered implements Evidence.
-func (r Result) Gathered() time.Time { return r.ProbedAt }
+func (r Report) Gathered() time.Time { return r.ProbedAt }
 
 // Cache keeps probe results and runs the probes for misses. Lookups of a
 // cached destination take no lock and never wait for the network;

@@ -57,12 +57,12 @@ func newFakeProbe() *fakeProbe {
 	return &fakeProbe{started: make(chan Target, 1000)}
 }
 
-func (f *fakeProbe) probe(ctx context.Context, t Target) Result {
+func (f *fakeProbe) probe(ctx context.Context, t Target) Report {
 	f.mu.Lock()
 	f.calls++
 	f.running++
 	f.maxRunning = max(f.maxRunning, f.running)
-	r := Result{Target: t, Capability: CapVerify, Detail: fmt.Sprintf("probe %d", f.calls)}
+	r := Report{Target: t, Capability: CapVerify, Detail: fmt.Sprintf("probe %d", f.calls)}
 	if f.fail {
 		r.Capability, r.Cause = CapUnknown, CauseDNS
 	}
@@ -84,7 +84,7 @@ func (f *fakeProbe) probe(ctx context.Context, t Target) Result {
 			f.mu.Lock()
 			f.canceled++
 			f.mu.Unlock()
-			return Result{Target: t, Cause: CauseTimeout, Detail: ctx.Err().Error()}
+			return Report{Target: t, Cause: CauseTimeout, Detail: ctx.Err().Error()}
 		}
 	}
 	return r
@@ -106,7 +106,7 @@ func (f *fakeProbe) stats() (calls, maxRunning, canceled int) {
 // newTestCache returns a cache over f on clock, with its own metrics,
 // closed when the test ends. cfg's zero lifetimes become cacheTTL and
 // cacheNegTTL.
-func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig) (*Cache[Result], *Metrics) {
+func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig) (*Cache[Report], *Metrics) {
 	t.Helper()
 	if cfg.TTL == 0 {
 		cfg.TTL = cacheTTL
@@ -123,7 +123,7 @@ func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig)
 
 // settle waits until the probe in flight for target, if any, has stored its
 // result.
-func settle(c *Cache[Result], target Target) {
+func settle(c *Cache[Report], target Target) {
 	c.mu.Lock()
 	f := c.flights[target.Key()]
 	c.mu.Unlock()
@@ -155,7 +155,7 @@ func checkCounts(t *testing.T, m *Metrics, hit, stale, miss float64) {
 
 // get calls c.Get and checks that it finds the result of probe number n
 // (n 0: that it finds nothing).
-func get(t *testing.T, c *Cache[Result], target Target, n int) {
+func get(t *testing.T, c *Cache[Report], target Target, n int) {
 	t.Helper()
 	r, ok := c.Get(target)
 	if want := fmt.Sprintf("probe %d", n); n == 0 && ok || n != 0 && (!ok || r.Detail != want) {
@@ -207,7 +207,7 @@ func TestCacheSharesOneProbe(t *testing.T) {
 	c, m := newTestCache(t, f, clock, CacheConfig{})
 	const n = 20
 	waiting := make(chan struct{}, n)
-	results := make(chan Result, n)
+	results := make(chan Report, n)
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
@@ -572,9 +572,9 @@ func TestCacheIndexFollowsLRU(t *testing.T) {
 			for i := range 300 {
 				tg := Target{Name: fmt.Sprintf("d%d.test", (i*7+g)%60)}
 				if i%3 == 0 {
-					c.store(tg.Key(), Result{}) // a failure: negative entry, or kept good result
+					c.store(tg.Key(), Report{}) // a failure: negative entry, or kept good result
 				} else {
-					c.store(tg.Key(), Result{Detail: "good", Capability: CapEncrypt})
+					c.store(tg.Key(), Report{Detail: "good", Capability: CapEncrypt})
 				}
 				c.Get(tg)
 			}
@@ -586,7 +586,7 @@ func TestCacheIndexFollowsLRU(t *testing.T) {
 		indexed := 0
 		s.index.Range(func(k, v any) bool {
 			indexed++
-			e := v.(*entry[Result])
+			e := v.(*entry[Report])
 			p, inPos := s.pos.Peek(k.(string))
 			n, inNeg := s.neg.Peek(k.(string))
 			if !(inPos && p == e || inNeg && n == e) {

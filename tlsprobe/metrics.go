@@ -74,7 +74,7 @@ func (m *Metrics) probeStarted() {
 	}
 }
 
-func (m *Metrics) probeDone(r Result) {
+func (m *Metrics) probeDone(r Report) {
 	if m != nil {
 		m.inFlight.Dec()
 		m.probes.WithLabelValues(r.Cause.String()).Inc()

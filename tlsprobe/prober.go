@@ -104,8 +104,8 @@ func orDefault(v, d int) int {
 
 // Probe resolves the target's mail servers and probes each, within the
 // prober's Timeout. It never returns an error: every failure is a Cause in
-// the Result, so that callers cache and report failures like successes.
-func (p *Prober) Probe(ctx context.Context, t Target) Result {
+// the Report, so that callers cache and report failures like successes.
+func (p *Prober) Probe(ctx context.Context, t Target) Report {
 	start := p.now()
 	ctx, cancel := context.WithTimeout(ctx, p.timeout())
 	defer cancel()
@@ -116,16 +116,16 @@ func (p *Prober) Probe(ctx context.Context, t Target) Result {
 	return r
 }
 
-func (p *Prober) probe(ctx context.Context, t Target) Result {
+func (p *Prober) probe(ctx context.Context, t Target) Report {
 	port := orDefault(t.Port, orDefault(p.Port, DefaultPort))
 	mxs := []dnsclient.MX{{Host: t.Name}}
 	if !t.Direct {
 		found, err := p.Resolver.LookupMX(ctx, t.Name)
 		switch {
 		case errors.Is(err, dnsclient.ErrNXDomain):
-			return Result{Cause: CauseNXDomain, Detail: t.Name + " does not exist (NXDOMAIN)"}
+			return Report{Cause: CauseNXDomain, Detail: t.Name + " does not exist (NXDOMAIN)"}
 		case err != nil:
-			return Result{Cause: CauseDNS, Detail: "MX lookup: " + err.Error()}
+			return Report{Cause: CauseDNS, Detail: "MX lookup: " + err.Error()}
 		case len(found) > 0:
 			// RFC 7505: a null MX ("." ) says the domain takes no mail; it
 			// must stand alone, so "." beside real hosts is just skipped.
@@ -136,7 +136,7 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 				}
 			}
 			if len(mxs) == 0 {
-				return Result{Cause: CauseNullMX, Detail: t.Name + " publishes a null MX: it accepts no mail"}
+				return Report{Cause: CauseNullMX, Detail: t.Name + " publishes a null MX: it accepts no mail"}
 			}
 		} // no MX: the implicit MX is the domain itself
 	}
@@ -146,7 +146,7 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 
 	// Probe the hosts in parallel (bounded by MaxHosts), each host's
 	// addresses in turn.
-	results := make([][]HostResult, len(mxs))
+	results := make([][]HostReport, len(mxs))
 	var wg sync.WaitGroup
 	for i, mx := range mxs {
 		wg.Add(1)
@@ -156,7 +156,7 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 		}()
 	}
 	wg.Wait()
-	var hosts []HostResult
+	var hosts []HostReport
 	for _, rs := range results {
 		hosts = append(hosts, rs...)
 	}
@@ -165,19 +165,19 @@ func (p *Prober) probe(ctx context.Context, t Target) Result {
 
 // probeHost resolves one MX host and probes up to MaxAddrs of its
 // addresses, one IPv4 and one IPv6 first.
-func (p *Prober) probeHost(ctx context.Context, mx dnsclient.MX, port int) []HostResult {
+func (p *Prober) probeHost(ctx context.Context, mx dnsclient.MX, port int) []HostReport {
 	addrs, err := p.hostAddrs(ctx, mx.Host)
 	if errors.Is(err, dnsclient.ErrNXDomain) {
-		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " does not exist"}}
+		return []HostReport{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " does not exist"}}
 	}
 	if err != nil {
-		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseDNS, Detail: err.Error()}}
+		return []HostReport{{Host: mx.Host, Preference: mx.Pref, Cause: CauseDNS, Detail: err.Error()}}
 	}
 	if len(addrs) == 0 {
-		return []HostResult{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " has no address"}}
+		return []HostReport{{Host: mx.Host, Preference: mx.Pref, Cause: CauseNoAddress, Detail: mx.Host + " has no address"}}
 	}
 	addrs = pickAddrs(addrs, orDefault(p.MaxAddrs, DefaultMaxAddrs))
-	out := make([]HostResult, 0, len(addrs))
+	out := make([]HostReport, 0, len(addrs))
 	for _, a := range addrs {
 		out = append(out, p.probeAddr(ctx, mx.Host, mx.Pref, netip.AddrPortFrom(a, uint16(port))))
 	}
@@ -218,8 +218,8 @@ func pickAddrs(addrs []netip.Addr, n int) []netip.Addr {
 // uses: the weakest capability among the addresses that answered. With no
 // answer at all, there is no evidence (CapUnknown) and the cause of the
 // most preferred host explains why.
-func summarize(hosts []HostResult) Result {
-	r := Result{Hosts: hosts, Capability: CapUnknown}
+func summarize(hosts []HostReport) Report {
+	r := Report{Hosts: hosts, Capability: CapUnknown}
 	answered := false
 	for _, h := range hosts {
 		if !h.Cause.Answered() {

@@ -86,7 +86,7 @@ func newProber(d *fakedns.Server, ca *testca.CA, port int) *Prober {
 }
 
 // runProbe probes target and logs what it found.
-func runProbe(t *testing.T, p *Prober, target Target) Result {
+func runProbe(t *testing.T, p *Prober, target Target) Report {
 	t.Helper()
 	r := p.Probe(context.Background(), target)
 	t.Logf("probe %s: %v, %v (%s) in %v", target.Key(), r.Capability, r.Cause, r.Detail, r.Duration)
@@ -98,7 +98,7 @@ func runProbe(t *testing.T, p *Prober, target Target) Result {
 
 // probeOneMX probes example.test, whose one MX host mx.example.test
 // (preference 10, 127.0.0.2) behaves as opts say.
-func probeOneMX(t *testing.T, ca *testca.CA, opts fakemx.Options) (Result, HostResult, *fakemx.Server) {
+func probeOneMX(t *testing.T, ca *testca.CA, opts fakemx.Options) (Report, HostReport, *fakemx.Server) {
 	t.Helper()
 	servers, port := startMX(t, fakemx.Host{IP: "127.0.0.2", Options: opts})
 	d := fakedns.MustStart(t)
@@ -122,7 +122,7 @@ type hostWant struct {
 	cause                   Cause
 }
 
-func checkHost(t *testing.T, h HostResult, want hostWant) {
+func checkHost(t *testing.T, h HostReport, want hostWant) {
 	t.Helper()
 	got := hostWant{h.Host, h.STARTTLS, h.TLSVersion, h.ChainValid, h.NameValid, h.SelfSigned, h.NotAfter, h.Capability, h.Cause}
 	if got.notAfter.Equal(want.notAfter) {
@@ -135,7 +135,7 @@ func checkHost(t *testing.T, h HostResult, want hostWant) {
 
 // checkResult checks a probe's summary and, unless reason is empty, the
 // reason it gives.
-func checkResult(t *testing.T, r Result, c Capability, cause Cause, reason string) {
+func checkResult(t *testing.T, r Report, c Capability, cause Cause, reason string) {
 	t.Helper()
 	if r.Capability != c || r.Cause != cause {
 		t.Errorf("result = %v, %v (%s); want %v, %v", r.Capability, r.Cause, r.Detail, c, cause)
@@ -344,7 +344,7 @@ func TestProbeSTARTTLSLast(t *testing.T) {
 
 // probeTwoMX probes example.test with mx1 (preference 10, 127.0.0.2) and mx2
 // (preference 20, 127.0.0.3).
-func probeTwoMX(t *testing.T, ca *testca.CA, mx1, mx2 fakemx.Options) Result {
+func probeTwoMX(t *testing.T, ca *testca.CA, mx1, mx2 fakemx.Options) Report {
 	t.Helper()
 	_, port := startMX(t, fakemx.Host{IP: "127.0.0.2", Options: mx1}, fakemx.Host{IP: "127.0.0.3", Options: mx2})
 	d := fakedns.MustStart(t)
@@ -652,8 +652,8 @@ func TestProbeMaxHosts(t *testing.T) {
 
 func TestSummarize(t *testing.T) {
 	t.Parallel()
-	host := func(name string, c Capability, cause Cause) HostResult {
-		h := HostResult{Host: name, Capability: c, Cause: cause}
+	host := func(name string, c Capability, cause Cause) HostReport {
+		h := HostReport{Host: name, Capability: c, Cause: cause}
 		if cause != CauseNone {
 			h.Detail = name + " " + cause.String()
 		}
@@ -669,21 +669,21 @@ func TestSummarize(t *testing.T) {
 	noAddr := host("h", CapUnknown, CauseNoAddress)
 	tests := []struct {
 		name   string
-		hosts  []HostResult
+		hosts  []HostReport
 		cap    Capability
 		cause  Cause
 		detail string
 	}{
-		{"one verified", []HostResult{verify}, CapVerify, CauseNone, ""},
-		{"weakest answering host", []HostResult{verify, selfSigned, plain, timeout}, CapNone, CauseNoSTARTTLS, "d no_starttls"},
-		{"weakest host listed first", []HostResult{plain, verify}, CapNone, CauseNoSTARTTLS, "d no_starttls"},
-		{"tie: first host's cause", []HostResult{expired, selfSigned}, CapEncrypt, CauseExpired, "c expired"},
-		{"silent hosts do not count", []HostResult{timeout, verify, refused}, CapVerify, CauseNone, ""},
-		{"a host breaking SMTP before STARTTLS does not count", []HostResult{host("s", CapUnknown, CauseSMTP), verify}, CapVerify, CauseNone, ""},
-		{"none answered: first host's cause", []HostResult{timeout, refused}, CapUnknown, CauseTimeout, "e: e timeout"},
-		{"none answered, no address", []HostResult{noAddr}, CapUnknown, CauseNoAddress, "h: h no_address"},
-		{"all private", []HostResult{private, private}, CapUnknown, CausePrivateAddress, "g: g private_address"},
-		{"some private", []HostResult{refused, private}, CapUnknown, CauseRefused, "f: f connection_refused"},
+		{"one verified", []HostReport{verify}, CapVerify, CauseNone, ""},
+		{"weakest answering host", []HostReport{verify, selfSigned, plain, timeout}, CapNone, CauseNoSTARTTLS, "d no_starttls"},
+		{"weakest host listed first", []HostReport{plain, verify}, CapNone, CauseNoSTARTTLS, "d no_starttls"},
+		{"tie: first host's cause", []HostReport{expired, selfSigned}, CapEncrypt, CauseExpired, "c expired"},
+		{"silent hosts do not count", []HostReport{timeout, verify, refused}, CapVerify, CauseNone, ""},
+		{"a host breaking SMTP before STARTTLS does not count", []HostReport{host("s", CapUnknown, CauseSMTP), verify}, CapVerify, CauseNone, ""},
+		{"none answered: first host's cause", []HostReport{timeout, refused}, CapUnknown, CauseTimeout, "e: e timeout"},
+		{"none answered, no address", []HostReport{noAddr}, CapUnknown, CauseNoAddress, "h: h no_address"},
+		{"all private", []HostReport{private, private}, CapUnknown, CausePrivateAddress, "g: g private_address"},
+		{"some private", []HostReport{refused, private}, CapUnknown, CauseRefused, "f: f connection_refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -813,7 +813,7 @@ func TestProbeCancelEndsBlockedStep(t *testing.T) {
 	servers, port := startMX(t, fakemx.Host{IP: "127.0.0.2", Options: fakemx.Options{Tarpit: true}})
 	p := &Prober{AllowPrivate: true, Port: port, StepTimeout: time.Minute, Timeout: time.Minute, Helo: "probe.test"}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan Result, 1)
+	done := make(chan Report, 1)
 	go func() { done <- p.Probe(ctx, Target{Name: "127.0.0.2", Direct: true}) }()
 	// Cancel once the probe is connected and stuck waiting for the tarpit.
 	for deadline := time.Now().Add(10 * time.Second); servers[0].Stats().Connections == 0; {

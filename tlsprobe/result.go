@@ -121,8 +121,8 @@ func (t Target) Key() string {
 	return k
 }
 
-// HostResult is what one probe of one MX host address found.
-type HostResult struct {
+// HostReport is what one probe of one MX host address found.
+type HostReport struct {
 	Host       string         // MX host name (or the target for direct probes)
 	Preference uint16         // MX preference
 	Addr       netip.AddrPort // the address probed
@@ -141,7 +141,7 @@ type HostResult struct {
 }
 
 // Version returns the negotiated TLS version's name, e.g. "TLSv1.2".
-func (h HostResult) Version() string { return VersionName(h.TLSVersion) }
+func (h HostReport) Version() string { return VersionName(h.TLSVersion) }
 
 // VersionName names a TLS version as Postfix does ("TLSv1.2").
 func VersionName(v uint16) string {
@@ -170,11 +170,11 @@ func ParseVersion(s string) (uint16, error) {
 	return 0, fmt.Errorf("unknown TLS version %q", s)
 }
 
-// Result is what a probe of a target found: every host address probed,
+// Report is what a probe of a target found: every host address probed,
 // and a summary that is safe for whichever MX a sender ends up using.
-type Result struct {
+type Report struct {
 	Target     Target
-	Hosts      []HostResult
+	Hosts      []HostReport
 	Capability Capability // the weakest capability among hosts that answered
 	Cause      Cause      // why the target is not CapVerify (domain failure, or the weakest host's cause)
 	Detail     string
@@ -184,21 +184,21 @@ type Result struct {
 
 // Failed reports whether the probe produced no evidence (DNS failure, no
 // host answered). Such results are cached for the shorter negative TTL.
-func (r Result) Failed() bool { return r.Capability == CapUnknown }
+func (r Report) Failed() bool { return r.Capability == CapUnknown }
 
 // WeakestHost returns the answering host that limits the summary, if any.
-func (r Result) WeakestHost() (HostResult, bool) {
+func (r Report) WeakestHost() (HostReport, bool) {
 	for _, h := range r.Hosts {
 		if h.Cause.Answered() && h.Capability == r.Capability && h.Cause == r.Cause {
 			return h, true
 		}
 	}
-	return HostResult{}, false
+	return HostReport{}, false
 }
 
 // Reason says in a few words why the target is not verify-capable, e.g.
 // "no STARTTLS at mx.example.com" or "TLSv1 below TLSv1.2 at mx.example.com".
-func (r Result) Reason(minVersion uint16) string {
+func (r Report) Reason(minVersion uint16) string {
 	if r.Cause == CauseNone {
 		return "verified TLS at every MX that answered"
 	}

@@ -130,9 +130,9 @@ func hasExtension(lines []string, keyword string) bool {
 // handshake accepts any certificate; the chain and the name are checked
 // afterwards, so that one result says both "TLS works" and "why it would
 // not verify".
-func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr netip.AddrPort) (h HostResult) {
+func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr netip.AddrPort) (h HostReport) {
 	start := p.now()
-	h = HostResult{Host: host, Preference: pref, Addr: addr}
+	h = HostReport{Host: host, Preference: pref, Addr: addr}
 	defer func() { h.Duration = p.now().Sub(start) }()
 	if !p.AllowPrivate && !dnsclient.IsPublic(addr.Addr()) {
 		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+" is not a public address"
@@ -158,7 +158,7 @@ func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr n
 	return h
 }
 
-func (p *Prober) converse(ctx context.Context, h *HostResult, addr netip.AddrPort) error {
+func (p *Prober) converse(ctx context.Context, h *HostReport, addr netip.AddrPort) error {
 	dctx, cancel := context.WithTimeout(ctx, p.step())
 	conn, err := p.dial(dctx, "tcp", addr.String())
 	cancel()
@@ -267,7 +267,7 @@ func (p *Prober) tlsConfig(host string) *tls.Config {
 
 // checkCertificate verifies the chain against the trust anchors and the
 // leaf against the MX host name, recording each result.
-func (p *Prober) checkCertificate(h *HostResult, certs []*x509.Certificate) error {
+func (p *Prober) checkCertificate(h *HostReport, certs []*x509.Certificate) error {
 	if len(certs) == 0 {
 		return fail(CauseHandshake, "server sent no certificate")
 	}
