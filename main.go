@@ -129,22 +129,11 @@ func query(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] DESTINATION")
 		return 2
 	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	p, gatherer, ok := loadGatherer(config, stderr)
+	if !ok {
 		return 1
 	}
-	prober, err := policyd.NewProber(p.Settings, policyd.ProbeDeps{})
-	if err != nil {
-		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return 1
-	}
-	gatherer, err := policyd.NewGatherer(p.Settings, prober, policyd.ProbeDeps{})
-	if err != nil {
-		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return 1
-	}
-	cache := policyd.NewProbeCache(p.Settings, gatherer, policyd.ProbeDeps{}, nil)
+	cache := policyd.NewFindingsCache(p.Settings, gatherer, policyd.ProbeDeps{}, nil)
 	defer cache.Close()
 	e := policyd.NewEngine(p, cache)
 	// The daemon's pins count too: read them from the store, or from the
@@ -185,12 +174,28 @@ func query(args []string, stdout, stderr io.Writer) int {
 	}
 	if d.Probed {
 		fmt.Fprintln(stdout)
-		printFindings(stdout, d.Findings, prober.MinVersion)
+		printFindings(stdout, d.Findings, p.Settings.MinTLSVersion)
 	}
 	if !d.Found() {
 		return 1
 	}
 	return 0
+}
+
+// loadGatherer loads the configuration and builds what gathers findings
+// live, for query and probe; it reports errors on stderr.
+func loadGatherer(config string, stderr io.Writer) (*rules.Rules, *policyd.Gatherer, bool) {
+	p, err := rules.LoadFile(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, nil, false
+	}
+	g, err := policyd.NewGatherer(p.Settings, policyd.ProbeDeps{})
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd:", err)
+		return nil, nil, false
+	}
+	return p, g, true
 }
 
 func serve(args []string, stderr io.Writer) int {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/policyd"
-	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -27,25 +26,14 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd probe [-config FILE] [-json] DOMAIN")
 		return 2
 	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	p, g, ok := loadGatherer(config, stderr)
+	if !ok {
 		return 1
 	}
 	target, err := policyd.Target(rest[0])
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 2
-	}
-	prober, err := policyd.NewProber(p.Settings, policyd.ProbeDeps{})
-	if err != nil {
-		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return 1
-	}
-	g, err := policyd.NewGatherer(p.Settings, prober, policyd.ProbeDeps{})
-	if err != nil {
-		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return 1
 	}
 	f := g.Gather(context.Background(), target)
 	if asJSON {
@@ -56,7 +44,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	} else {
-		printFindings(stdout, f, prober.MinVersion)
+		printFindings(stdout, f, p.Settings.MinTLSVersion)
 	}
 	if f.Failed() {
 		return 1

@@ -59,7 +59,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	if deps.Registerer == nil {
 		deps.Registerer = opts.Registerer
 	}
-	prober, err := NewProber(p.Settings, deps)
+	gatherer, err := NewGatherer(p.Settings, deps)
 	if err != nil {
 		return nil, err
 	}
@@ -81,12 +81,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
 	book.load(pins)
 	minTLS := p.Settings.MinTLSVersion
-	gatherer, err := NewGatherer(p.Settings, prober, deps)
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	cache := NewProbeCache(p.Settings, gatherer, deps, func(key string, f Findings) {
+	cache := NewFindingsCache(p.Settings, gatherer, deps, func(key string, f Findings) {
 		book.learn(key, f.Probe, minTLS)
 		if b, err := json.Marshal(f); err == nil {
 			if err := store.PutProbes(state.Probe{Key: key, Findings: b}); err != nil {

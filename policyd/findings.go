@@ -1,9 +1,7 @@
 package policyd
 
 import (
-	"context"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
@@ -35,63 +33,6 @@ func (f Findings) Failed() bool {
 
 // Gathered implements tlsprobe.Evidence.
 func (f Findings) Gathered() time.Time { return f.Probe.ProbedAt }
-
-// Gatherer collects Findings: the probe always, DANE and MTA-STS when
-// enabled. The three run side by side within the probe timeout.
-type Gatherer struct {
-	probe   *tlsprobe.Prober
-	dane    *dane.Checker // nil: DANE off
-	sts     *mtasts.Cache // nil: MTA-STS off
-	timeout time.Duration
-}
-
-// Gather collects the Findings of one target.
-func (g *Gatherer) Gather(ctx context.Context, t tlsprobe.Target) Findings {
-	var f Findings
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	if g.dane != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f.DANE, f.DANEDetail = g.checkDANE(ctx, t)
-		}()
-	}
-	// MTA-STS applies to recipient domains only (RFC 8461 section 3.4),
-	// not to a "[host]" next hop or a host with its own port.
-	if g.sts != nil && !t.Direct && t.Port == 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := g.sts.Lookup(ctx, t.Name)
-			f.STSNote = r.Outcome.String()
-			if r.OK {
-				p := r.Policy
-				f.STS = &p
-			}
-		}()
-	}
-	f.Probe = g.probe.Probe(ctx, t)
-	wg.Wait()
-	return f
-}
-
-func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target) (dane.Verdict, string) {
-	if t.Direct {
-		port := t.Port
-		if port == 0 {
-			port = 25
-		}
-		h := g.dane.CheckHost(ctx, t.Name, port)
-		return h.Status.Verdict(), h.Detail
-	}
-	if t.Port != 0 && t.Port != 25 {
-		return dane.NoDANE, "DANE is checked for port 25 deliveries only"
-	}
-	r := g.dane.Check(ctx, t.Name)
-	return r.Verdict, r.Detail
-}
 
 // published is what a destination publishes, as a level and the policy
 // text that carries it, with why, if any source applies. DANE comes before
