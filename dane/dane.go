@@ -62,12 +62,7 @@ func (c *Checker) client() *dnsclient.Client {
 	return &dnsclient.Client{Servers: c.Servers, Timeout: c.Timeout, DNSSEC: true}
 }
 
-func (c *Checker) port() int {
-	if c.Port > 0 {
-		return c.Port
-	}
-	return DefaultPort
-}
+func (c *Checker) port() int { return cmp.Or(c.Port, DefaultPort) }
 
 func (c *Checker) now() time.Time {
 	if c.Now != nil {

@@ -184,12 +184,7 @@ type Fetcher struct {
 	Port int
 }
 
-func (f *Fetcher) timeout() time.Duration {
-	if f.Timeout > 0 {
-		return f.Timeout
-	}
-	return DefaultTimeout
-}
+func (f *Fetcher) timeout() time.Duration { return cmp.Or(f.Timeout, DefaultTimeout) }
 
 func (f *Fetcher) now() time.Time {
 	if f.Now != nil {

@@ -91,13 +91,9 @@ func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target) (dane.Verdi
 // probe of the MX hosts always and, when enabled, DANE and MTA-STS. The
 // prober and the MTA-STS fetcher share one resolver.
 func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
-	res := deps.Resolver
-	if res == nil {
-		c, err := dnsclient.New(s.DNSServers, s.DNSTimeout)
-		if err != nil {
-			return nil, err
-		}
-		res = c
+	res, stsRes, err := resolvers(s, deps)
+	if err != nil {
+		return nil, err
 	}
 	probeRoots, err := trustAnchors("probe.ca_file", s.ProbeCAFile)
 	if err != nil {
@@ -126,14 +122,6 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 		}
 	}
 	if s.MTASTSEnabled {
-		stsRes, ok := res.(mtasts.Resolver)
-		if !ok { // a test's resolver that answers MX and addresses only
-			c, err := dnsclient.New(s.DNSServers, s.DNSTimeout)
-			if err != nil {
-				return nil, err
-			}
-			stsRes = c
-		}
 		stsRoots, err := trustAnchors("mtasts.ca_file", s.MTASTSCAFile)
 		if err != nil {
 			return nil, err
@@ -143,6 +131,28 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 		g.sts = mtasts.NewCache(f, 0, deps.Now, mtasts.NewMetrics(deps.Registerer))
 	}
 	return g, nil
+}
+
+// resolvers are the resolvers of the prober and of the MTA-STS fetcher:
+// the configured DNS client, or the one a test injects (which may answer
+// MX and address lookups only; the configured client then answers the
+// rest).
+func resolvers(s rules.Settings, deps ProbeDeps) (tlsprobe.Resolver, mtasts.Resolver, error) {
+	type both interface {
+		tlsprobe.Resolver
+		mtasts.Resolver
+	}
+	if r, ok := deps.Resolver.(both); ok {
+		return r, r, nil
+	}
+	c, err := dnsclient.New(s.DNSServers, s.DNSTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	if deps.Resolver != nil {
+		return deps.Resolver, c, nil
+	}
+	return c, c, nil
 }
 
 // trustAnchors loads the system roots plus caFile, naming the setting in

@@ -1,6 +1,7 @@
 package tlsprobe
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -64,19 +65,8 @@ func (p *Prober) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	return d.DialContext(ctx, network, addr)
 }
 
-func (p *Prober) step() time.Duration {
-	if p.StepTimeout > 0 {
-		return p.StepTimeout
-	}
-	return DefaultStepTimeout
-}
-
-func (p *Prober) timeout() time.Duration {
-	if p.Timeout > 0 {
-		return p.Timeout
-	}
-	return DefaultTimeout
-}
+func (p *Prober) step() time.Duration    { return cmp.Or(p.StepTimeout, DefaultStepTimeout) }
+func (p *Prober) timeout() time.Duration { return cmp.Or(p.Timeout, DefaultTimeout) }
 
 func (p *Prober) helo() string {
 	if p.Helo != "" {
@@ -88,12 +78,7 @@ func (p *Prober) helo() string {
 	return "localhost"
 }
 
-func (p *Prober) minVersion() uint16 {
-	if p.MinVersion != 0 {
-		return p.MinVersion
-	}
-	return tls.VersionTLS12
-}
+func (p *Prober) minVersion() uint16 { return cmp.Or(p.MinVersion, tls.VersionTLS12) }
 
 func orDefault(v, d int) int {
 	if v > 0 {
