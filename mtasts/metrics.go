@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Metrics are the package's collectors. Labels are results, outcomes and
@@ -18,19 +19,14 @@ type Metrics struct {
 // NewMetrics creates the collectors and registers them on reg; a nil reg
 // leaves them unregistered.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg) // a nil reg registers nothing
 	m := &Metrics{
-		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_mtasts_fetches_total",
-			Help: "MTA-STS policy fetches over HTTPS, by result.",
-		}, []string{"result"}),
-		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_mtasts_lookups_total",
-			Help: "MTA-STS policy cache lookups, by outcome.",
-		}, []string{"outcome"}),
-		policies: &policyCollector{desc: prometheus.NewDesc(
-			"tlspolicyd_mtasts_policies",
-			"Unexpired MTA-STS policies in the cache, by mode.",
-			[]string{"mode"}, nil)},
+		fetches: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_mtasts_fetches_total",
+			Help: "MTA-STS policy fetches over HTTPS, by result."}, []string{"result"}),
+		lookups: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_mtasts_lookups_total",
+			Help: "MTA-STS policy cache lookups, by outcome."}, []string{"outcome"}),
+		policies: &policyCollector{desc: prometheus.NewDesc("tlspolicyd_mtasts_policies",
+			"Unexpired MTA-STS policies in the cache, by mode.", []string{"mode"}, nil)},
 	}
 	for _, r := range FetchResults() {
 		m.fetches.WithLabelValues(r.String())
@@ -39,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.lookups.WithLabelValues(o.String())
 	}
 	if reg != nil {
-		reg.MustRegister(m.fetches, m.lookups, m.policies)
+		reg.MustRegister(m.policies)
 	}
 	return m
 }

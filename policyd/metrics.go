@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Metrics holds the daemon's own Prometheus collectors (the wire protocols
@@ -19,25 +20,17 @@ type Metrics struct {
 
 // NewMetrics creates and registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
 	m := &Metrics{
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_config_reloads_total",
-			Help: "Configuration reloads (SIGHUP), by result: success or failure.",
-		}, []string{"result"}),
-		configLoaded: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tlspolicyd_config_last_load_timestamp_seconds",
-			Help: "Unix time at which the configuration now in force was loaded.",
-		}),
-		configRules: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tlspolicyd_config_rules",
-			Help: "Destination rules in the configuration now in force.",
-		}),
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_decisions_total",
-			Help: "RCPT-time decisions, by sender class (\"default\" for none) and action.",
-		}, []string{"class", "action"}),
+		reloads: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_config_reloads_total",
+			Help: "Configuration reloads (SIGHUP), by result: success or failure."}, []string{"result"}),
+		configLoaded: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_config_last_load_timestamp_seconds",
+			Help: "Unix time at which the configuration now in force was loaded."}),
+		configRules: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_config_rules",
+			Help: "Destination rules in the configuration now in force."}),
+		decisions: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_decisions_total",
+			Help: "RCPT-time decisions, by sender class (\"default\" for none) and action."}, []string{"class", "action"}),
 	}
-	reg.MustRegister(m.reloads, m.configLoaded, m.configRules, m.decisions)
 	// Show both reload results from the start, so that alerts on
 	// increase(...{result="failure"}) have a series to work on.
 	m.reloads.WithLabelValues("success")

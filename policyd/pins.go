@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -216,18 +217,16 @@ type pinMetrics struct {
 }
 
 func newPinMetrics(reg prometheus.Registerer, b *pinBook) *pinMetrics {
+	f := promauto.With(reg)
 	m := &pinMetrics{
-		downgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_downgrades_total",
-			Help: "Probes that saw less than a destination's pinned level (possible STARTTLS stripping), by pinned level.",
-		}, []string{"level"}),
-		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tlspolicyd_state_store_errors_total",
-			Help: "Failed writes to the state store.",
-		}),
+		downgrades: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_downgrades_total",
+			Help: "Probes that saw less than a destination's pinned level (possible STARTTLS stripping), by pinned level."},
+			[]string{"level"}),
+		storeErrors: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_state_store_errors_total",
+			Help: "Failed writes to the state store."}),
 	}
 	pinsDesc := prometheus.NewDesc("tlspolicyd_pins", "Valid pins, by level.", []string{"level"}, nil)
-	reg.MustRegister(m.downgrades, m.storeErrors, collectorFunc{pinsDesc, func(ch chan<- prometheus.Metric) {
+	reg.MustRegister(collectorFunc{pinsDesc, func(ch chan<- prometheus.Metric) {
 		counts := map[string]int{"encrypt": 0, "verify": 0}
 		now := b.now()
 		b.pins.Range(func(_, v any) bool {
@@ -243,10 +242,8 @@ func newPinMetrics(reg prometheus.Registerer, b *pinBook) *pinMetrics {
 	m.downgrades.WithLabelValues("encrypt")
 	m.downgrades.WithLabelValues("verify")
 	if b.store != nil {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tlspolicyd_state_store_size_bytes",
-			Help: "Size of the state store file.",
-		}, func() float64 { return float64(b.store.Size()) }))
+		f.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlspolicyd_state_store_size_bytes", Help: "Size of the state store file."},
+			func() float64 { return float64(b.store.Size()) })
 	}
 	return m
 }

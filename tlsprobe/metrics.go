@@ -2,6 +2,7 @@ package tlsprobe
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Metrics are the prober's and the cache's collectors. Labels are causes
@@ -23,42 +24,24 @@ type Metrics struct {
 
 // NewMetrics creates and registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	f := promauto.With(reg)
 	m := &Metrics{
-		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_probes_total",
-			Help: "Completed probes of a destination, by outcome cause (none: every answering MX verified).",
-		}, []string{"cause"}),
-		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "tlspolicyd_probe_duration_seconds",
+		probes: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_probes_total",
+			Help: "Completed probes of a destination, by outcome cause (none: every answering MX verified)."}, []string{"cause"}),
+		duration: f.NewHistogram(prometheus.HistogramOpts{Name: "tlspolicyd_probe_duration_seconds",
 			Help:    "Time to probe one destination (all its MX hosts).",
-			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60},
-		}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tlspolicyd_probes_in_flight",
-			Help: "Probes running now.",
-		}),
-		privateRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tlspolicyd_probe_private_addresses_refused_total",
-			Help: "MX addresses not probed because they are loopback, private, link-local or reserved.",
-		}),
-		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_probe_cache_requests_total",
-			Help: "Probe cache lookups by result: hit (fresh), stale (hit, refresh started), miss.",
-		}, []string{"result"}),
-		evictions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tlspolicyd_probe_cache_evictions_total",
-			Help: "Probe results dropped from the cache (expired or pushed out by size).",
-		}),
-		entries: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "tlspolicyd_probe_cache_entries",
-			Help: "Probe results in the cache.",
-		}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tlspolicyd_probe_queue_full_total",
-			Help: "Probes not started because the queue of waiting probes was full; those lookups got the floor.",
-		}),
+			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60}}),
+		inFlight: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_probes_in_flight", Help: "Probes running now."}),
+		privateRefused: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_private_addresses_refused_total",
+			Help: "MX addresses not probed because they are loopback, private, link-local or reserved."}),
+		cache: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_probe_cache_requests_total",
+			Help: "Probe cache lookups by result: hit (fresh), stale (hit, refresh started), miss."}, []string{"result"}),
+		evictions: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_cache_evictions_total",
+			Help: "Probe results dropped from the cache (expired or pushed out by size)."}),
+		entries: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_probe_cache_entries", Help: "Probe results in the cache."}),
+		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_queue_full_total",
+			Help: "Probes not started because the queue of waiting probes was full; those lookups got the floor."}),
 	}
-	reg.MustRegister(m.probes, m.duration, m.inFlight, m.privateRefused, m.cache, m.evictions, m.entries, m.dropped)
 	for _, c := range Causes() {
 		m.probes.WithLabelValues(c.String())
 	}

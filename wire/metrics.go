@@ -2,6 +2,7 @@ package wire
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Metrics holds the wire protocols' Prometheus collectors: requests by
@@ -49,22 +50,15 @@ func resultOf(s Status) RequestResult {
 
 // NewMetrics creates and registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		requests: newRequestCollector(),
-		connsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tlspolicyd_connections_open",
-			Help: "Client connections currently open, by wire protocol.",
-		}, []string{"protocol"}),
-		connsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_connections_rejected_total",
-			Help: "Connections closed at once because the connection cap was reached.",
-		}, []string{"protocol"}),
-		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tlspolicyd_panics_total",
-			Help: "Panics recovered while serving a connection (each closes only that connection).",
-		}, []string{"protocol"}),
-	}
-	reg.MustRegister(m.requests, m.connsOpen, m.connsRejected, m.panics)
+	f := promauto.With(reg)
+	m := &Metrics{requests: newRequestCollector()}
+	reg.MustRegister(m.requests)
+	m.connsOpen = f.NewGaugeVec(prometheus.GaugeOpts{Name: "tlspolicyd_connections_open",
+		Help: "Client connections currently open, by wire protocol."}, []string{"protocol"})
+	m.connsRejected = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_connections_rejected_total",
+		Help: "Connections closed at once because the connection cap was reached."}, []string{"protocol"})
+	m.panics = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_panics_total",
+		Help: "Panics recovered while serving a connection (each closes only that connection)."}, []string{"protocol"})
 	return m
 }
 

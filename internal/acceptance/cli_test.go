@@ -126,6 +126,9 @@ func TestCommands(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	config := writeStatic(t, dir, listenInet+hermetic+rules)
+	// One-off commands build the DANE checker without a metrics registry;
+	// that once panicked.
+	daneConfig := writeStatic(t, t.TempDir(), listenInet+hermetic+"dane:\n  enabled: true\n"+rules)
 	tests := []struct {
 		name string
 		args []string
@@ -135,6 +138,7 @@ func TestCommands(t *testing.T) {
 		{"query", []string{"query", "-config", config, "example.org"}, "verify"},
 		{"query subdomain", []string{"query", "-config", config, "mx.example.org"}, "encrypt"},
 		{"query sender class", []string{"query", "-config", config, "-sender", "doctor@clinic.example.org", "unmatched.test"}, "verify"},
+		{"query with dane", []string{"query", "-config", daneConfig, "example.org"}, "verify"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
