@@ -156,3 +156,16 @@ func TestSenderTransportMap(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRcptAction is the engine's part of a policy delegation request:
+// the class of the sender, the recipient domain's rule and evidence, and
+// the rendered action (the wire's part is wire.BenchmarkDelegation).
+func BenchmarkRcptAction(b *testing.B) {
+	s := RcptService{Engine: NewEngine(mustLoad(b, rcptRules), rcptEvidence())}
+	ctx := context.Background()
+	for b.Loop() {
+		if s.RcptAction(ctx, "doctor@clinic.test", "a@good.test") != "DUNNO" {
+			b.Fatal("unexpected action")
+		}
+	}
+}
