@@ -86,7 +86,14 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 	if !e.consultsEvidence(rs, r, v.Kind, floor) {
 		return found(rs.PolicyText(floor))
 	}
-	d := Decision{rules: rs, Key: v.Key(), Class: class, Rule: r, Floor: floor}
+	return e.lookupEvidence(ctx, rs, v.Key(), r, class, floor)
+}
+
+// lookupEvidence is LookupTable for a destination whose answer evidence
+// could raise. It is a function of its own so that the rule-only path
+// keeps a small stack frame.
+func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, k rules.Key, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
+	d := Decision{rules: rs, Key: k, Class: class, Rule: r, Floor: floor}
 	d.setLevel(floor)
 	e.raise(ctx, &d, rs.Settings.ProbeWait)
 	return d.Answer
