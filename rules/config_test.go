@@ -19,7 +19,7 @@ func TestShippedRulesLoad(t *testing.T) {
 	}
 	s := p.Settings
 	if s.Listen.Socketmap != "127.0.0.1:10028" || s.Listen.TCPTable != "127.0.0.1:10029" || s.Listen.HTTP != "127.0.0.1:10032" {
-		t.Errorf("listeners = %+v, want the SPEC ports on loopback", s.Listen)
+		t.Errorf("listeners = %+v, want the documented ports on loopback", s.Listen)
 	}
 	if p.Defaults.Level != LevelMay || p.Defaults.Upgrade != UpgradeEncrypt {
 		t.Errorf("defaults = %s/%s, want may with upgrade encrypt", p.Defaults.Level, p.Defaults.Upgrade)
