@@ -1,6 +1,7 @@
 package dnsclient
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +19,7 @@ import (
 // is nothing". A failed lookup is an *Error wrapping one of them.
 var (
 	// ErrNXDomain: the name does not exist. Lookup reports it in
-	// Answer.NXDomain; LookupMX, LookupAddrs and LookupTXT as an error.
+	// Resolution.NXDomain; LookupMX, LookupAddrs and LookupTXT as an error.
 	ErrNXDomain = errors.New("no such domain")
 	// ErrServFail: the resolver answered SERVFAIL, which a validating
 	// resolver also answers for a bogus (failed validation) answer.
@@ -76,7 +77,7 @@ type Client struct {
 	// Timeout bounds each query to each server; 0 means DefaultTimeout.
 	Timeout time.Duration
 	// DNSSEC makes queries ask for validation (DO and AD bits) and answers
-	// report in Answer.Secure whether the resolver validated them. The
+	// report in Resolution.Secure whether the resolver validated them. The
 	// servers must then be validating resolvers that can be trusted (see
 	// AllLoopback).
 	DNSSEC bool
@@ -100,12 +101,7 @@ func New(servers []string, timeout time.Duration) (*Client, error) {
 	return &Client{Servers: servers, Timeout: timeout}, nil
 }
 
-func (c *Client) timeout() time.Duration {
-	if c.Timeout > 0 {
-		return c.Timeout
-	}
-	return DefaultTimeout
-}
+func (c *Client) timeout() time.Duration { return cmp.Or(c.Timeout, DefaultTimeout) }
 
 // Resolution is the outcome of a lookup that got an answer, NOERROR or
 // NXDOMAIN.
@@ -128,7 +124,7 @@ type Resolution struct {
 
 // Lookup resolves name and qtype, following CNAMEs within an answer and,
 // when an answer stops at a CNAME without the target's records, with a new
-// query for its target. A name that does not exist is an Answer with
+// query for its target. A name that does not exist is a Resolution with
 // NXDomain set, not an error; errors are *Error.
 func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Resolution, error) {
 	asked := strings.ToLower(dns.Fqdn(name))
