@@ -80,14 +80,9 @@ func (c *Conn) endRequest(result RequestResult) (time.Duration, error) {
 	return d, err
 }
 
-// answerLookup answers a table lookup that a codec has read: it asks
-// lookup, frames the answer with appendReply into c.Scratch, ends the
-// request and logs it at debug level.
-func (c *Conn) answerLookup(ctx context.Context, lookup TableLookup, mapName string, key []byte,
-	appendReply func(dst []byte, a Answer) ([]byte, RequestResult)) error {
-	a := lookup.LookupTable(ctx, mapName, key)
-	var result RequestResult
-	c.Scratch, result = appendReply(c.Scratch[:0], a)
+// endLookup ends a table lookup whose reply the codec has framed into
+// c.Scratch: it ends the request and logs it at debug level.
+func (c *Conn) endLookup(ctx context.Context, result RequestResult, mapName string, key []byte) error {
 	d, err := c.endRequest(result)
 	if err != nil {
 		return err

@@ -54,7 +54,10 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if !ok {
 		return sc.badRequest(c, fmt.Errorf("%w: expected \"NAME KEY\"", ErrNetstringMalformed))
 	}
-	return c.answerLookup(ctx, sc.lookup, c.internName(name), key, appendSocketmapReply)
+	mapName := c.internName(name)
+	var result RequestResult
+	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], sc.lookup.LookupTable(ctx, mapName, key))
+	return c.endLookup(ctx, result, mapName, key)
 }
 
 // badRequest answers a request that could not be read with a PERM reply

@@ -50,7 +50,9 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if err != nil {
 		return tc.badRequest(c, err)
 	}
-	return c.answerLookup(ctx, tc.lookup, TCPTableMap, key, appendTCPTableReply)
+	var result RequestResult
+	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], tc.lookup.LookupTable(ctx, TCPTableMap, key))
+	return c.endLookup(ctx, result, TCPTableMap, key)
 }
 
 // badRequest answers bad input with a 400 (tcp_table has no permanent
