@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/testlog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -37,11 +38,11 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newTestPinBook(t *testing.T, store state.Store) (*pinBook, *fakeClock, *testLog) {
+func newTestPinBook(t *testing.T, store state.Store) (*pinBook, *fakeClock, *testlog.Buffer) {
 	t.Helper()
 	clock := &fakeClock{now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
-	log := &testLog{}
-	return newPinBook(store, 30*24*time.Hour, clock.Now, log.logger(), prometheus.NewRegistry()), clock, log
+	log := &testlog.Buffer{}
+	return newPinBook(store, 30*24*time.Hour, clock.Now, log.Logger(), prometheus.NewRegistry()), clock, log
 }
 
 func result(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Report {

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -19,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/testlog"
 )
 
 // wireLookup is the fake TableLookup of the wire protocol tests. Keys ending
@@ -48,33 +49,11 @@ func fakeAnswers(_ context.Context, mapName, key string) Answer {
 	return Answer{StatusOK, "verify match=" + key}
 }
 
-// testLog collects a server's log output for assertions.
-type testLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *testLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *testLog) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 // wireServer is a Server serving a loopback listener for one test.
 type wireServer struct {
 	*Server
 	addr   string
-	log    *testLog
+	log    *testlog.Buffer
 	served chan error
 	once   sync.Once
 	err    error
@@ -96,10 +75,10 @@ func serveWire(t testing.TB, l net.Listener, codec Codec, configure func(*Server
 	ws := &wireServer{
 		Server: &Server{Protocol: "test", Codec: codec},
 		addr:   l.Addr().String(),
-		log:    &testLog{},
+		log:    &testlog.Buffer{},
 		served: make(chan error, 1),
 	}
-	ws.Logger = ws.log.logger()
+	ws.Logger = ws.log.Logger()
 	if configure != nil {
 		configure(ws.Server)
 	}
