@@ -22,6 +22,8 @@ import (
 // be reported at once, each with its line.
 type Config struct {
 	Listen         ListenConfig      `yaml:"listen"`
+	HTTP           HTTPConfig        `yaml:"http"`
+	Log            LogConfig         `yaml:"log"`
 	DNS            DNSConfig         `yaml:"dns"`
 	Probe          ProbeConfig       `yaml:"probe"`
 	State          StateConfig       `yaml:"state"`
@@ -46,6 +48,21 @@ type ListenConfig struct {
 	SocketMode string `yaml:"socket_mode"`
 }
 
+// HTTPConfig protects listen.http: the status page and the API list the
+// daemon's partners, and the admin endpoints change what it enforces.
+type HTTPConfig struct {
+	// AuthFile holds a bearer token (surrounding whitespace ignored);
+	// required when listen.http is not a loopback address.
+	AuthFile string `yaml:"auth_file"`
+}
+
+// LogConfig sets up the daemon's log (log/slog, to stderr).
+type LogConfig struct {
+	Level     string `yaml:"level"`     // debug | info | warn | error
+	Format    string `yaml:"format"`    // text | json
+	Decisions string `yaml:"decisions"` // none | changes | all
+}
+
 // DNSConfig selects the resolver used for MX, MTA-STS and TLSA lookups.
 type DNSConfig struct {
 	Servers []string `yaml:"servers"`
@@ -66,8 +83,9 @@ type ProbeConfig struct {
 
 // StateConfig locates the persistent store of pins and probe results.
 type StateConfig struct {
-	Path   string `yaml:"path"`
-	PinTTL string `yaml:"pin_ttl"`
+	Path    string `yaml:"path"`
+	PinTTL  string `yaml:"pin_ttl"`
+	History string `yaml:"history"`
 }
 
 // MTASTSConfig controls RFC 8461 policies as a source.
@@ -114,11 +132,12 @@ type ClassConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen: ListenConfig{SocketMode: "0666"},
+		Log:    LogConfig{Level: "info", Format: "text", Decisions: "changes"},
 		DNS:    DNSConfig{Timeout: "5s"},
 		Probe: ProbeConfig{
 			Port: 25, Timeout: "30s", TTL: "6h", NegativeTTL: "10m", Wait: "5s",
 		},
-		State:          StateConfig{Path: "/var/lib/tlspolicyd/state.db", PinTTL: "720h"},
+		State:          StateConfig{Path: "/var/lib/tlspolicyd/state.db", PinTTL: "720h", History: "2160h"},
 		MTASTS:         MTASTSConfig{Enabled: true},
 		PostfixVersion: "3.7",
 		MinimumTLS:     "TLSv1.2",

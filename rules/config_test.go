@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -158,5 +159,40 @@ func TestClassFallbackWarning(t *testing.T) {
 	if len(p.Warnings) != 1 || p.Warnings[0].Line != 6 ||
 		!strings.Contains(p.Warnings[0].Msg, `use the class transport ("smtp-phi:[gateway.test]:2525")`) {
 		t.Errorf("warnings = %v, want one for classes[0].fallback at line 6", p.Warnings)
+	}
+}
+
+func TestObservabilitySettings(t *testing.T) {
+	t.Parallel()
+	p, err := Load("empty.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Settings
+	if s.LogLevel != slog.LevelInfo || s.LogFormat != "text" || s.LogDecisions != DecisionsChanges || s.HistoryTTL != 2160*time.Hour || s.HTTPToken != "" {
+		t.Errorf("defaults: level %v format %q decisions %v history %v token %q", s.LogLevel, s.LogFormat, s.LogDecisions, s.HistoryTTL, s.HTTPToken)
+	}
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("  s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err = Load("open.yaml", []byte("listen: {http: \"0.0.0.0:10032\"}\nhttp: {auth_file: "+token+"}\nlog: {level: DEBUG, format: json, decisions: all}\n"))
+	if err != nil {
+		t.Fatalf("a non-loopback listener with a token must load: %v", err)
+	}
+	s = p.Settings
+	if s.HTTPToken != "s3cret-token" || s.LogLevel != slog.LevelDebug || s.LogFormat != "json" || s.LogDecisions != DecisionsAll {
+		t.Errorf("got token %q level %v format %q decisions %v", s.HTTPToken, s.LogLevel, s.LogFormat, s.LogDecisions)
+	}
+	if err := os.WriteFile(token, []byte("two words\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load("bad.yaml", []byte("http: {auth_file: "+token+"}\n")); err == nil || !strings.Contains(err.Error(), "one token") {
+		t.Errorf("a token with a space inside: %v", err)
+	}
+	for _, addr := range []string{"127.0.0.1:10032", "[::1]:10032", "localhost:10032", "unix:/run/tlspolicyd/http.sock"} {
+		if _, err := Load("local.yaml", []byte("listen: {http: \""+addr+"\"}\n")); err != nil {
+			t.Errorf("listen.http %s needs no token: %v", addr, err)
+		}
 	}
 }

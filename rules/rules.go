@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -124,20 +125,27 @@ type Class struct {
 
 // Settings are the typed non-rule settings of a configuration.
 type Settings struct {
-	Listen         ListenConfig
-	SocketMode     os.FileMode
-	DNSServers     []string
-	DNSTimeout     time.Duration
-	ProbePort      int
-	ProbeHelo      string
-	ProbeTimeout   time.Duration
-	ProbeTTL       time.Duration
-	ProbeNegTTL    time.Duration
-	ProbeWait      time.Duration
-	ProbeCAFile    string
-	AllowPrivate   bool
-	StatePath      string
-	PinTTL         time.Duration
+	Listen       ListenConfig
+	SocketMode   os.FileMode
+	DNSServers   []string
+	DNSTimeout   time.Duration
+	ProbePort    int
+	ProbeHelo    string
+	ProbeTimeout time.Duration
+	ProbeTTL     time.Duration
+	ProbeNegTTL  time.Duration
+	ProbeWait    time.Duration
+	ProbeCAFile  string
+	AllowPrivate bool
+	StatePath    string
+	PinTTL       time.Duration
+	HistoryTTL   time.Duration // decision history is kept this long
+	// HTTPToken is the bearer token listen.http requires (from
+	// http.auth_file), or "" for none.
+	HTTPToken      string
+	LogLevel       slog.Level
+	LogFormat      string // "text" or "json"
+	LogDecisions   DecisionLog
 	MTASTSEnabled  bool
 	MTASTSCAFile   string
 	DANEEnabled    bool
@@ -148,6 +156,19 @@ type Settings struct {
 	MinimumTLS    string
 	MinTLSVersion uint16
 }
+
+// DecisionLog says which answers the daemon logs as decision records.
+type DecisionLog uint8
+
+const (
+	DecisionsNone    DecisionLog = iota // none
+	DecisionsChanges                    // the first answer for a destination and map, and every change
+	DecisionsAll                        // every lookup
+)
+
+var decisionLogNames = [...]string{"none", "changes", "all"}
+
+func (d DecisionLog) String() string { return decisionLogNames[d] }
 
 // Rules is a validated, compiled configuration: immutable once built, so
 // the engine can swap it atomically on reload and readers need no lock.
