@@ -13,11 +13,12 @@ import (
 )
 
 var (
-	bucketPins   = []byte("pins")
-	bucketProbes = []byte("probes")
-	bucketMeta   = []byte("meta")
-	keyVersion   = []byte("version")
-	formatV1     = []byte("1")
+	bucketPins    = []byte("pins")
+	bucketProbes  = []byte("probes")
+	bucketMeta    = []byte("meta")
+	bucketHistory = []byte("history") // keys: see historyFixed
+	keyVersion    = []byte("version")
+	formatV1      = []byte("1")
 )
 
 // Bolt is the embedded store: one bbolt file. Every write is a
@@ -63,7 +64,9 @@ func OpenBolt(path string, lockWait time.Duration) (s *Bolt, err error) {
 		if err := meta.Put(keyVersion, formatV1); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketPins, bucketProbes} {
+		// A bucket added later (history) is created in a store of the
+		// same format version: its absence means it is empty.
+		for _, b := range [][]byte{bucketPins, bucketProbes, bucketHistory} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -80,11 +83,7 @@ func OpenBolt(path string, lockWait time.Duration) (s *Bolt, err error) {
 // Load implements Store. A record that does not decode makes the whole
 // load fail: silently dropping pins would weaken answers.
 func (s *Bolt) Load() (pins []Pin, probes []Probe, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, r)
-		}
-	}()
+	defer s.recoverCorrupt(&err)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketPins).ForEach(func(k, v []byte) error {
 			var p Pin
@@ -102,6 +101,14 @@ func (s *Bolt) Load() (pins []Pin, probes []Probe, err error) {
 		})
 	})
 	return pins, probes, err
+}
+
+// recoverCorrupt, deferred by a method that reads the file, turns the
+// panic with which bbolt can meet a damaged page into ErrCorrupt.
+func (s *Bolt) recoverCorrupt(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, r)
+	}
 }
 
 // PutPins implements Store. Concurrent callers are coalesced into one

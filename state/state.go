@@ -1,10 +1,14 @@
 // Package state keeps what the daemon has learned across restarts: pins
 // (a destination proved it can do encrypt or verify, so it must keep
-// doing so until the pin expires, like HSTS for mail) and the last probe
-// result of each destination.
+// doing so until the pin expires, like HSTS for mail), the last probe
+// result of each destination, and the history of its answers (each
+// change of the answer for a destination and map, with what it rested on,
+// for a postmaster or an auditor to look up later).
 //
-// The daemon reads everything once at start and answers from memory;
-// writes happen in the background, after probes, each in a transaction.
+// The daemon reads pins and probe results once at start and answers from
+// memory; the history is read only when someone asks for it. Writes
+// happen in the background, after probes or in batches of decisions,
+// each in a transaction.
 // Store is an interface so that a store shared by a fleet of daemons can
 // be added later; Bolt (go.etcd.io/bbolt) is the embedded one.
 package state
@@ -39,7 +43,7 @@ type Probe struct {
 	Findings []byte
 }
 
-// Store persists pins and probe results.
+// Store persists pins, probe results and the decision history.
 type Store interface {
 	// Load returns everything stored.
 	Load() ([]Pin, []Probe, error)
@@ -50,6 +54,27 @@ type Store interface {
 	DeletePin(key string) (bool, error)
 	// PutProbes writes probe results in one transaction.
 	PutProbes(probes ...Probe) error
+	// AppendDecisions records decisions in one transaction, so that a
+	// recorder that batches them costs one disk sync per batch.
+	AppendDecisions(ds ...Decision) error
+	// Decisions returns the records of destination, newest first, at most
+	// limit of them (limit <= 0: all).
+	Decisions(destination string, limit int) ([]Decision, error)
+	// LatestDecision returns the newest record of destination and mapName;
+	// found is false if there is none. After a restart it tells the
+	// recorder the answer a new one follows.
+	LatestDecision(destination, mapName string) (d Decision, found bool, err error)
+	// PruneDecisions removes the records older than olderThan (zero: none
+	// by age) and, of each destination, all but its newest perDestination
+	// records (perDestination <= 0: no count limit). It works in several
+	// transactions, so that a large history does not hold the store for
+	// long; removed counts what those that committed removed.
+	PruneDecisions(olderThan time.Time, perDestination int) (removed int, err error)
+	// DecisionDestinations returns, sorted, the destinations with a record
+	// at or after since.
+	DecisionDestinations(since time.Time) ([]string, error)
+	// CountDecisions is the number of records, for metrics.
+	CountDecisions() int
 	// Size is the store's size in bytes, for metrics.
 	Size() int64
 	Close() error

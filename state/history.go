@@ -1,0 +1,355 @@
+package state
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Decision is one recorded answer of the daemon for a destination.
+type Decision struct {
+	Time        time.Time `json:"time"`
+	Destination string    `json:"destination"` // normalised key as Postfix sends it: "example.org", "[mx.example.org]:25"
+	Map         string    `json:"map"`         // "tlspolicy", a class name, "transport", or "rcpt" for RCPT-time actions
+	Answer      string    `json:"answer"`      // the policy text ("verify protocols=>=TLSv1.2"), a route, "NOTFOUND", or an access(5) action at RCPT
+	Previous    string    `json:"previous"`    // the answer before this one; "" for the first
+	Rule        string    `json:"rule"`        // deciding rule as "FILE:LINE", or ""
+	Evidence    Evidence  `json:"evidence"`
+}
+
+// Evidence is what the answer rested on besides the rule.
+type Evidence struct {
+	Probe  string `json:"probe,omitempty"`   // probe outcome, e.g. "verify", "encrypt (self-signed certificate at mx.example.org)", "failed: dns_failure"
+	Pin    string `json:"pin,omitempty"`     // pinned level, e.g. "verify"
+	MTASTS string `json:"mta_sts,omitempty"` // MTA-STS policy id and mode, e.g. "enforce id 2024a"
+	DANE   string `json:"dane,omitempty"`    // DANE verdict, e.g. "dane_only"
+	Sender string `json:"sender,omitempty"`  // RCPT-time only: the envelope sender
+}
+
+// ErrInvalidDecision means a decision cannot be stored: it has no
+// destination or map, its destination contains a NUL byte, or its time is
+// outside what Unix nanoseconds hold (years 1678 to 2262).
+var ErrInvalidDecision = errors.New("decision cannot be recorded")
+
+// A history key is
+//
+//	destination | 0x00 | ^time (8 bytes) | ^sequence (8 bytes) | map
+//
+// so that a destination's records are one contiguous range, newest first:
+// reading a destination's history, its latest answer, or the newest time
+// of every destination is a seek and a forward walk, and the records that
+// pruning removes (the oldest) are the tail of each range. time is Unix
+// nanoseconds with the sign bit flipped, so that it sorts as unsigned,
+// then inverted; sequence is the bucket's counter, inverted likewise, so
+// that records of one destination in the same nanosecond keep their order
+// of appending and never overwrite one another. The map comes last and
+// needs no terminator; the destination must not contain a NUL byte. The
+// value is the Decision as JSON.
+const historyFixed = 1 + 8 + 8 // bytes between the destination and the map
+
+// pruneBatch bounds the deletions in one PruneDecisions transaction, so
+// that pruning a large history does not hold the write lock (and the old
+// pages) for one long transaction.
+const pruneBatch = 4096
+
+// seekAfter is how many further records of a destination
+// DecisionDestinations steps over before it seeks past the rest.
+const seekAfter = 8
+
+// timeBits encodes Unix nanoseconds for a history key (see historyFixed).
+func timeBits(nanos int64) uint64 { return ^(uint64(nanos) ^ 1<<63) }
+
+// keyNanos decodes the time of a history key at the position after the
+// destination's NUL.
+func keyNanos(b []byte) int64 { return int64(^binary.BigEndian.Uint64(b) ^ 1<<63) }
+
+// destPrefix is the start of every history key of destination.
+func destPrefix(destination string) []byte {
+	return append([]byte(destination), 0)
+}
+
+// splitKey returns a history key's destination prefix (with its NUL),
+// time and map; ok is false for a key that is not a history key.
+func splitKey(k []byte) (prefix []byte, nanos int64, mapName []byte, ok bool) {
+	i := bytes.IndexByte(k, 0)
+	if i < 1 || len(k) < i+historyFixed {
+		return nil, 0, nil, false
+	}
+	return k[:i+1], keyNanos(k[i+1:]), k[i+historyFixed:], true
+}
+
+// clampNanos is t in Unix nanoseconds, clamped to the range that holds,
+// for comparison with recorded times.
+func clampNanos(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// checkDecision reports whether d can be keyed (see historyFixed).
+func checkDecision(d Decision) error {
+	switch {
+	case d.Destination == "" || d.Map == "":
+		return fmt.Errorf("%w: destination %q, map %q", ErrInvalidDecision, d.Destination, d.Map)
+	case strings.Contains(d.Destination, "\x00"):
+		return fmt.Errorf("%w: destination %q contains NUL", ErrInvalidDecision, d.Destination)
+	case d.Time.IsZero() || !time.Unix(0, d.Time.UnixNano()).Equal(d.Time):
+		return fmt.Errorf("%w: time %v of %s", ErrInvalidDecision, d.Time, d.Destination)
+	}
+	return nil
+}
+
+// AppendDecisions implements Store. The batch is one transaction and one
+// disk sync; an invalid decision fails the whole batch before it starts.
+func (s *Bolt) AppendDecisions(ds ...Decision) error {
+	for _, d := range ds {
+		if err := checkDecision(d); err != nil {
+			return err
+		}
+	}
+	if len(ds) == 0 {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketHistory)
+		for _, d := range ds {
+			v, err := json.Marshal(d)
+			if err != nil {
+				return err
+			}
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			k := destPrefix(d.Destination)
+			k = binary.BigEndian.AppendUint64(k, timeBits(d.Time.UnixNano()))
+			k = binary.BigEndian.AppendUint64(k, ^seq)
+			k = append(k, d.Map...)
+			if err := b.Put(k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// malformed is the error for a key in the history bucket that is not a
+// history key.
+func (s *Bolt) malformed(k []byte) error {
+	return fmt.Errorf("%w: %s: history key %q is malformed", ErrCorrupt, s.path, k)
+}
+
+// decodeDecision decodes the record under k and checks that it is the
+// record its key says.
+func (s *Bolt) decodeDecision(k, v []byte) (Decision, error) {
+	var d Decision
+	if err := json.Unmarshal(v, &d); err != nil {
+		return Decision{}, fmt.Errorf("%w: %s: history record %q does not decode: %v", ErrCorrupt, s.path, k, err)
+	}
+	prefix, nanos, mapName, ok := splitKey(k)
+	if !ok || d.Destination+"\x00" != string(prefix) || d.Map != string(mapName) || d.Time.UnixNano() != nanos {
+		return Decision{}, fmt.Errorf("%w: %s: history record %q is not the record its key names", ErrCorrupt, s.path, k)
+	}
+	return d, nil
+}
+
+// Decisions implements Store.
+func (s *Bolt) Decisions(destination string, limit int) (ds []Decision, err error) {
+	defer s.recoverCorrupt(&err)
+	p := destPrefix(destination)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHistory).Cursor()
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			if limit > 0 && len(ds) == limit {
+				break
+			}
+			d, err := s.decodeDecision(k, v)
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+		}
+		return nil
+	})
+	return ds, err
+}
+
+// LatestDecision implements Store. It walks the destination's records
+// newest first, reading only keys until one is of mapName, so its cost
+// grows with the records of the destination's other maps that are newer.
+func (s *Bolt) LatestDecision(destination, mapName string) (d Decision, found bool, err error) {
+	defer s.recoverCorrupt(&err)
+	p := destPrefix(destination)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHistory).Cursor()
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			mapAt := len(p) - 1 + historyFixed
+			if len(k) < mapAt {
+				return s.malformed(k)
+			}
+			if string(k[mapAt:]) != mapName {
+				continue
+			}
+			d, err = s.decodeDecision(k, v)
+			found = err == nil
+			return err
+		}
+		return nil
+	})
+	return d, found, err
+}
+
+// PruneDecisions implements Store. It works in transactions of at most
+// pruneBatch deletions; records appended meanwhile are pruned or not
+// depending on whether the walk has passed their destination.
+func (s *Bolt) PruneDecisions(olderThan time.Time, perDestination int) (removed int, err error) {
+	return s.pruneDecisions(clampNanos(olderThan), perDestination, pruneBatch)
+}
+
+// pruneDecisions is PruneDecisions with the cut-off in Unix nanoseconds
+// and the batch size as a parameter, so that tests can cross batches with
+// few records.
+func (s *Bolt) pruneDecisions(cut int64, keep, batch int) (removed int, err error) {
+	if cut == math.MinInt64 && keep <= 0 {
+		return 0, nil // no limits: nothing goes
+	}
+	defer s.recoverCorrupt(&err)
+	var resume []byte // the destination prefix where the next transaction starts
+	for done := false; !done; {
+		var doomed [][]byte
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketHistory)
+			c := b.Cursor()
+			k, _ := c.First()
+			if resume != nil {
+				k, _ = c.Seek(resume)
+			}
+			for k != nil {
+				p, _, _, ok := splitKey(k)
+				if !ok {
+					return s.malformed(k)
+				}
+				p = bytes.Clone(p)
+				var err error
+				if k, err = s.pruneStart(c, p, cut, keep); err != nil {
+					return err
+				}
+				// What the limits remove is the rest of the range.
+				for ; k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+					if len(doomed) == batch {
+						// Resume at this destination: its kept records
+						// come first, so the next walk finds the same
+						// point to delete from.
+						resume = p
+						return deleteKeys(b, doomed)
+					}
+					doomed = append(doomed, bytes.Clone(k))
+				}
+			}
+			done = true
+			return deleteKeys(b, doomed)
+		})
+		if err != nil {
+			return removed, err
+		}
+		removed += len(doomed)
+	}
+	return removed, nil
+}
+
+// pruneStart returns the first key of the destination with prefix p that
+// is older than cut or beyond its newest keep records (keep <= 0: no
+// count limit), leaving c there; a key outside p or nil means none is.
+// Both limits remove a tail of the range, since it runs newest first.
+func (s *Bolt) pruneStart(c *bolt.Cursor, p []byte, cut int64, keep int) ([]byte, error) {
+	if keep <= 0 {
+		// Only the age limit: seek to the first record older than cut.
+		k, _ := c.Seek(binary.BigEndian.AppendUint64(bytes.Clone(p), timeBits(cut-1)))
+		return k, nil
+	}
+	k, _ := c.Seek(p)
+	for i := 0; k != nil && bytes.HasPrefix(k, p); i++ {
+		if len(k) < len(p)+8 {
+			return nil, s.malformed(k)
+		}
+		if i >= keep || keyNanos(k[len(p):]) < cut {
+			break
+		}
+		k, _ = c.Next()
+	}
+	return k, nil
+}
+
+func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DecisionDestinations implements Store. It reads the newest key of each
+// destination and seeks past the rest, so its cost grows with the number
+// of destinations, not of records.
+func (s *Bolt) DecisionDestinations(since time.Time) (dests []string, err error) {
+	defer s.recoverCorrupt(&err)
+	from := clampNanos(since)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHistory).Cursor()
+		var next []byte
+		for k, _ := c.First(); k != nil; {
+			p, nanos, _, ok := splitKey(k)
+			if !ok {
+				return s.malformed(k)
+			}
+			dest := p[:len(p)-1]
+			if nanos >= from {
+				dests = append(dests, string(dest))
+			}
+			// Step over the destination's other records, and after a
+			// few seek past them instead: dest followed by 0x01 sorts
+			// after all its keys and before the next destination, since
+			// destinations hold no NUL. (Stepping is cheaper than a seek
+			// for the few records most destinations have.)
+			k, _ = c.Next()
+			for i := 0; k != nil && bytes.HasPrefix(k, p); i++ {
+				if i == seekAfter {
+					next = append(append(next[:0], dest...), 1)
+					k, _ = c.Seek(next)
+					break
+				}
+				k, _ = c.Next()
+			}
+		}
+		return nil
+	})
+	return dests, err
+}
+
+// CountDecisions implements Store. It counts the entries of the bucket's
+// pages (bbolt's bucket statistics) without reading records; 0 if the
+// store cannot say.
+func (s *Bolt) CountDecisions() (n int) {
+	defer func() {
+		if recover() != nil {
+			n = 0
+		}
+	}()
+	s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketHistory).Stats().KeyN
+		return nil
+	})
+	return n
+}
