@@ -22,10 +22,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/buildinfo"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -47,7 +47,7 @@ func main() {
 // run dispatches a subcommand and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+	if len(args) > 0 && (len(args[0]) > 0 && args[0][0] != '-' || isHelp(args[0])) {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -61,10 +61,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return probe(args, stdout, stderr)
 	case "pins":
 		return pins(args, stdout, stderr)
+	case "history":
+		return history(args, stdout, stderr)
+	case "report":
+		return reportCmd(args, stdout, stderr)
 	case "version":
-		fmt.Fprintf(stdout, "tlspolicyd %s (%s)\n", version(), runtime.Version())
+		fmt.Fprintln(stdout, buildinfo.Read())
 		return 0
-	case "help", "-h", "-help", "--help":
+	}
+	if isHelp(cmd) {
 		usage(stdout)
 		return 0
 	}
@@ -73,17 +78,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// isHelp reports whether an argument asks for the usage.
+func isHelp(arg string) bool {
+	return arg == "help" || arg == "-h" || arg == "-help" || arg == "--help"
+}
+
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   tlspolicyd [serve] [-config FILE]         run the daemon (default FILE: ./rules.yaml)
-  tlspolicyd check   [-config FILE]         validate the configuration
-  tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
-                                            decide once, probing live if needed, and say why
+  tlspolicyd check   [-config FILE]         validate; exit 0 if valid, 1 and "FILE:LINE: message" lines if not
+  tlspolicyd query   [-config FILE] [-sender ADDR] [-json] DESTINATION
+                                            decide once, as the daemon would, probing live if needed;
+                                            print the answer and why (rule, probe evidence, pin ...)
   tlspolicyd probe   [-config FILE] [-json] DOMAIN
                                             probe now and print what was found per MX host
   tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
                                             show or change pins (directly, or through a running daemon)
-  tlspolicyd version
+  tlspolicyd history [-config FILE] [-json] DESTINATION
+                                            every change of the answers for DESTINATION, newest first:
+                                            time, map, answer, previous answer, rule, evidence
+  tlspolicyd report  [-config FILE] [-format csv|json|html] [-o FILE]
+                                            the TLS posture of every destination the daemon knows
+  tlspolicyd version                        "tlspolicyd VERSION (REVISION, GOVERSION)"
+  tlspolicyd help | -h | --help             this usage
+
+history, report and pins ask the running daemon over listen.http when it runs, else read the
+state file. Flags come before the other arguments.
 `)
 }
 
@@ -204,13 +224,15 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd serve [-config FILE]")
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
 	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		log.Error("configuration is invalid; not starting", "config", config)
+		slog.New(slog.NewTextHandler(stderr, nil)).Error("configuration is invalid; not starting", "config", config)
 		return 1
 	}
+	var level slog.LevelVar // a reload may change it
+	level.Set(p.Settings.LogLevel)
+	log := newLogger(stderr, p.Settings.LogFormat, &level)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -237,7 +259,8 @@ func serve(args []string, stderr io.Writer) int {
 	for _, w := range p.Warnings {
 		log.Warn("configuration", "warning", w.Error())
 	}
-	log.Info("tlspolicyd started", "version", version(), "config", config,
+	build := buildinfo.Read()
+	log.Info("tlspolicyd started", "version", build.Version, "revision", build.Revision, "config", config,
 		"rules", len(p.Rules), "classes", len(p.Classes))
 
 	for sig := range sigs {
@@ -245,6 +268,11 @@ func serve(args []string, stderr io.Writer) int {
 			if err := d.Reload(); err != nil {
 				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err)
 			} else {
+				now := d.Engine.Rules().Settings
+				level.Set(now.LogLevel)
+				if now.LogFormat != p.Settings.LogFormat {
+					log.Warn("log.format changed; it takes effect at the next restart")
+				}
 				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Rules().Rules))
 			}
 			continue
@@ -261,32 +289,12 @@ func serve(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// version is the module version, or the VCS revision of a source build.
-func version() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
+// newLogger is the daemon's log: slog to stderr, as text or JSON, at a
+// level that a reload may change.
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	if v := info.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	rev, dirty := "", false
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	if rev == "" {
-		return "devel"
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if dirty {
-		rev += "-dirty"
-	}
-	return "devel-" + rev
+	return slog.New(slog.NewTextHandler(w, opts))
 }

@@ -87,9 +87,13 @@ func pins(args []string, stdout, stderr io.Writer) int {
 }
 
 // pinAdmin changes pins in the store file or through the daemon.
+// pinAdmin reaches the daemon's state: the store file when no daemon
+// holds it, else the running daemon over listen.http. pins, history,
+// report and query use it.
 type pinAdmin struct {
-	store  state.Store // the file, when no daemon holds it
+	store  *state.Bolt // the file, when no daemon holds it
 	daemon string      // the daemon's base URL otherwise
+	token  string      // http.auth_file's token, if any
 	client *http.Client
 }
 
@@ -103,9 +107,9 @@ func openPinAdmin(s rules.Settings) (*pinAdmin, error) {
 	}
 	addr := s.Listen.HTTP
 	if addr == "" || strings.HasPrefix(addr, "unix:") {
-		return nil, fmt.Errorf("%w, and the daemon has no TCP listen.http to manage pins through; stop it or configure listen.http", err)
+		return nil, fmt.Errorf("%w, and the daemon has no TCP listen.http to ask instead; stop it or configure listen.http", err)
 	}
-	return &pinAdmin{daemon: "http://" + addr, client: &http.Client{Timeout: 10 * time.Second}}, nil
+	return &pinAdmin{daemon: "http://" + addr, token: s.HTTPToken, client: &http.Client{Timeout: 60 * time.Second}}, nil
 }
 
 func (a *pinAdmin) close() {
@@ -165,12 +169,15 @@ func (a *pinAdmin) call(method, path string, out any) error {
 	if err != nil {
 		return err
 	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("the daemon holds the state store, and asking it failed: %w", err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
 	if resp.StatusCode >= 300 {
 		return httpError{resp.StatusCode, strings.TrimSpace(string(body))}
 	}

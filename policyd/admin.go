@@ -24,10 +24,15 @@ func (d *Daemon) httpHandler() http.Handler {
 	})
 	// Pin administration for `tlspolicyd pins` while the daemon holds the
 	// store. Only local clients may change what the daemon enforces.
-	mux.Handle("GET /admin/pins", localOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("GET /admin/pins", d.requireToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.pins.list())
 	})))
-	mux.Handle("PUT /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /{$}", d.requireToken(http.HandlerFunc(d.statusHandler)))
+	mux.Handle("GET /d/{name}", d.requireToken(http.HandlerFunc(d.destinationHandler)))
+	mux.Handle("GET /static/", d.requireToken(staticHandler()))
+	mux.Handle("GET /api/v1/destinations", d.requireToken(http.HandlerFunc(d.apiDestinations)))
+	mux.Handle("GET /api/v1/destinations/{name}", d.requireToken(http.HandlerFunc(d.apiDestination)))
+	mux.Handle("PUT /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -35,8 +40,8 @@ func (d *Daemon) httpHandler() http.Handler {
 		}
 		d.log.Info("pin added by administrator", "destination", p.Key, "level", p.Level, "expires", p.Expires)
 		writeJSON(w, http.StatusOK, p)
-	})))
-	mux.Handle("DELETE /admin/pins/{destination}", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	}))))
+	mux.Handle("DELETE /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		found, err := d.pins.remove(r.PathValue("destination"))
 		switch {
 		case err != nil:
@@ -47,7 +52,7 @@ func (d *Daemon) httpHandler() http.Handler {
 			d.log.Info("pin removed by administrator", "destination", r.PathValue("destination"))
 			w.WriteHeader(http.StatusNoContent)
 		}
-	})))
+	}))))
 	return mux
 }
 
@@ -67,5 +72,7 @@ func localOnly(h http.Handler) http.Handler {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // policies hold ">=", JSON is not HTML
+	enc.Encode(v)
 }

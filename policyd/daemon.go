@@ -5,14 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -32,6 +36,11 @@ type Daemon struct {
 	log     *slog.Logger
 	gather  prometheus.Gatherer
 	now     func() time.Time
+	history *recorder
+	pages   *template.Template
+	sums    summaryCache
+	started time.Time
+	loaded  atomic.Int64 // when the rules in force were loaded, Unix nanoseconds
 
 	mu      sync.Mutex // guards reloads; lookups never take it
 	servers []*wire.Server
@@ -97,7 +106,13 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	}
 	e := NewEngine(p, cache)
 	e.pins = book
+	e.log = opts.Logger
+	e.history = newRecorder(store, func() time.Duration { return e.Rules().Settings.HistoryTTL },
+		func() rules.DecisionLog { return e.Rules().Settings.LogDecisions }, now, opts.Logger, opts.Registerer)
+	book.downgraded = e.recordDowngrade
 	d := &Daemon{
+		history: e.history,
+		pages:   parsePages(),
 		Engine:  e,
 		cache:   cache,
 		store:   store,
@@ -108,7 +123,9 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 		gather:  opts.Gatherer,
 		now:     time.Now,
 	}
-	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
+	d.started = d.now()
+	d.configLoaded(p)
+	d.registerSummaryMetrics(opts.Registerer)
 	opts.Logger.Info("state loaded", "path", p.Settings.StatePath, "pins", len(pins), "probe_results", len(probes))
 	return d, nil
 }
@@ -171,6 +188,7 @@ func (d *Daemon) Start() error {
 	if len(listeners) == 0 && httpL == nil {
 		return errors.New("no listener is configured (set listen.socketmap, listen.tcptable or another listen key)")
 	}
+	d.history.start()
 	for i, srv := range d.servers {
 		l := listeners[i]
 		d.log.Info("listening", "protocol", srv.Protocol, "addr", l.Addr().String())
@@ -224,7 +242,7 @@ func (d *Daemon) Reload() error {
 		d.log.Warn("configuration", "warning", w.Error())
 	}
 	d.metrics.Reload(true)
-	d.metrics.ConfigLoaded(d.now(), len(p.Rules))
+	d.configLoaded(p)
 	return nil
 }
 
@@ -255,6 +273,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.wg.Wait()
 	d.cache.Close()
+	d.history.close() // after the probes, whose downgrades it records
 	if err := d.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("state store: %w", err))
 	}
@@ -267,4 +286,26 @@ func sameProbing(a, b rules.Settings) bool {
 		a.ProbePort == b.ProbePort && a.ProbeHelo == b.ProbeHelo && a.ProbeTimeout == b.ProbeTimeout &&
 		a.ProbeTTL == b.ProbeTTL && a.ProbeNegTTL == b.ProbeNegTTL && a.ProbeCAFile == b.ProbeCAFile &&
 		a.AllowPrivate == b.AllowPrivate && a.MinimumTLS == b.MinimumTLS
+}
+
+// configLoaded records a configuration taking effect.
+func (d *Daemon) configLoaded(rs *rules.Rules) {
+	now := d.now()
+	d.loaded.Store(now.UnixNano())
+	d.metrics.ConfigLoaded(now, len(rs.Rules))
+}
+
+// loadedAt is when the rules in force were loaded.
+func (d *Daemon) loadedAt() time.Time { return time.Unix(0, d.loaded.Load()) }
+
+// registerSummaryMetrics exposes what the summary counts: the certificates
+// of destinations that must be encrypted that expire soon.
+func (d *Daemon) registerSummaryMetrics(reg prometheus.Registerer) {
+	f := promauto.With(reg)
+	for _, days := range []int{14, 30} {
+		f.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlspolicyd_certificates_expiring",
+			Help:        "MX certificates of destinations answered with a level that requires TLS that expire within the label's days.",
+			ConstLabels: prometheus.Labels{"within": strconv.Itoa(days) + "d"}},
+			func() float64 { return float64(d.summary().expiringWithin(days)) })
+	}
 }

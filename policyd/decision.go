@@ -37,7 +37,7 @@ func (d Decision) Found() bool { return d.Answer.Status == wire.StatusOK }
 
 // setLevel answers level l with the rules' policy text for it.
 func (d *Decision) setLevel(l rules.Level) {
-	d.Level, d.Answer = l, found(d.rules.PolicyText(l))
+	d.Level, d.Answer = l, policyAnswer(d.rules, l)
 }
 
 // raiseTo answers level l if it is above the answer so far.
@@ -51,11 +51,11 @@ func (d *Decision) raiseTo(l rules.Level) {
 func decideFromRules(rs *rules.Rules, raw string, class *rules.Class) Decision {
 	k, err := rules.ParseKey(raw)
 	if err != nil {
-		return Decision{rules: rs, Class: class, Answer: wire.Answer{Status: wire.StatusPerm, Text: err.Error()}}
+		return Decision{rules: rs, Class: class, Answer: badKey(err)}
 	}
 	d := Decision{rules: rs, Key: k, Class: class, Rule: rs.Match(k)}
 	if d.Rule == nil {
-		d.Answer = wire.Answer{Status: wire.StatusNotFound}
+		d.Answer = notFound()
 		return d
 	}
 	d.Floor = d.Rule.Floor(class)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,8 @@ type Engine struct {
 	rules    atomic.Pointer[rules.Rules]
 	findings FindingsSource // nil: rules only
 	pins     *pinBook       // nil: no pins
+	history  *recorder      // nil: no decision history
+	log      *slog.Logger   // where log.decisions: all writes; nil: nowhere
 }
 
 // FindingsSource is what the engine needs from the findings cache (a
@@ -34,6 +37,10 @@ type FindingsSource interface {
 	// Prefetch starts gathering findings that are missing or stale,
 	// without waiting.
 	Prefetch(t tlsprobe.Target)
+	// Peek returns cached findings without starting anything.
+	Peek(t tlsprobe.Target) (Findings, bool)
+	// Keys returns the keys of every destination with cached findings.
+	Keys() []string
 }
 
 // NewEngine returns an engine answering from rs, raising answers with the
@@ -65,42 +72,61 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 		return e.fallbackRoute(rs, key)
 	case rules.MapSenderTransport:
 		if c := rs.ClassFor(string(key)); c != nil {
-			return found(rules.ClassTransport(c.Name) + ":")
+			return routeAnswer(rules.ClassTransport(c.Name) + ":")
 		}
-		return wire.Answer{Status: wire.StatusNotFound}
+		return notFound()
 	default:
 		if class = rs.Class(mapName); class == nil {
+			// No label: map names come from the client, unbounded.
 			return wire.Answer{Status: wire.StatusPerm, Text: "unknown map " + mapName}
 		}
 	}
 	var buf rules.KeyBuf
 	v, err := rules.AppendKey(buf[:0], key)
 	if err != nil {
-		return wire.Answer{Status: wire.StatusPerm, Text: err.Error()}
+		return badKey(err)
 	}
 	r := rs.MatchView(v)
 	if r == nil {
-		return wire.Answer{Status: wire.StatusNotFound}
+		return notFound()
 	}
+	r.MarkMatched()
 	floor := r.Floor(class)
-	if !e.consultsEvidence(rs, r, v.Kind, floor) {
-		return found(rs.PolicyText(floor))
+	if e.consultsEvidence(rs, r, v.Kind, floor) {
+		return e.lookupEvidence(ctx, rs, mapName, v.Key(), r, class, floor)
 	}
-	return e.lookupEvidence(ctx, rs, v.Key(), r, class, floor)
+	a := policyAnswer(rs, floor)
+	if e.logsAll(rs) || v.Kind != rules.KeyParent && e.history != nil && e.history.changed(mapName, v.Name, a.Text) {
+		e.record(rs, mapName, v.Key().String(), r, a, nil)
+	}
+	return a
 }
 
 // lookupEvidence is LookupTable for a destination whose answer evidence
 // could raise. It is a function of its own so that the rule-only path
 // keeps a small stack frame.
-func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, k rules.Key, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
+func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, mapName string, k rules.Key, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
 	d := Decision{rules: rs, Key: k, Class: class, Rule: r, Floor: floor}
 	d.setLevel(floor)
 	e.raise(ctx, &d, rs.Settings.ProbeWait)
+	if e.logsAll(rs) || e.history != nil && e.history.changed(mapName, []byte(k.Name), d.Answer.Text) {
+		e.record(rs, mapName, k.String(), r, d.Answer, &d)
+	}
 	return d.Answer
 }
 
-// found is the answer that carries text.
-func found(text string) wire.Answer { return wire.Answer{Status: wire.StatusOK, Text: text} }
+// The answers a lookup gives, each with the label tlspolicyd_answers_total
+// counts it under.
+func policyAnswer(rs *rules.Rules, l rules.Level) wire.Answer {
+	return wire.Answer{Status: wire.StatusOK, Text: rs.PolicyText(l), Label: l.String()}
+}
+func routeAnswer(route string) wire.Answer {
+	return wire.Answer{Status: wire.StatusOK, Text: route, Label: "route"}
+}
+func notFound() wire.Answer { return wire.Answer{Status: wire.StatusNotFound, Label: "notfound"} }
+func badKey(err error) wire.Answer {
+	return wire.Answer{Status: wire.StatusPerm, Text: err.Error(), Label: "error"}
+}
 
 // Decide answers for a destination as the map for sender's class would,
 // waiting at most wait for a probe.
@@ -165,7 +191,7 @@ func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration) {
 		// A published policy decides when it protects at least as well as
 		// the answer so far; probes do not override it.
 		if l.Meets(d.Level) {
-			d.Level, d.Answer, d.Published = l, found(text), why
+			d.Level, d.Answer, d.Published = l, wire.Answer{Status: wire.StatusOK, Text: text, Label: l.String()}, why
 		}
 		return
 	}
@@ -202,28 +228,31 @@ func (e *Engine) findingsFor(ctx context.Context, t tlsprobe.Target, wait time.D
 // destination cannot meet it), and the next queue run finds the evidence.
 // Address keys ("user@domain") are NOTFOUND so Postfix asks for the domain.
 func (e *Engine) fallbackRoute(rs *rules.Rules, key []byte) wire.Answer {
-	notFound := wire.Answer{Status: wire.StatusNotFound}
 	if bytes.IndexByte(key, '@') >= 0 {
-		return notFound
+		return notFound()
 	}
 	var buf rules.KeyBuf
 	v, err := rules.AppendKey(buf[:0], key)
 	if err != nil {
-		return notFound
+		return notFound()
 	}
 	r := rs.MatchView(v)
 	if r == nil || r.Fallback == "" || !r.Level.Encrypted() {
-		return notFound
+		return notFound()
 	}
 	t, ok := targetOf(v.Key())
 	if !ok {
-		return notFound
+		return notFound()
 	}
 	f, ok := e.findingsFor(context.Background(), t, 0)
 	if res := f.Probe; !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
-		return notFound
+		return notFound()
 	}
-	return found(r.Fallback)
+	a := routeAnswer(r.Fallback)
+	if e.logsAll(rs) || e.history != nil && e.history.changed(rules.MapTransport, v.Name, a.Text) {
+		e.record(rs, rules.MapTransport, v.Key().String(), r, a, nil)
+	}
+	return a
 }
 
 // Target is what to probe for a destination as Postfix names it: a

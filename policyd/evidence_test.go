@@ -19,6 +19,21 @@ type fakeFindings struct {
 	prefetched []tlsprobe.Target
 }
 
+func (f *fakeFindings) Peek(t tlsprobe.Target) (Findings, bool) { return f.Get(t) }
+
+func (f *fakeFindings) Keys() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var keys []string
+	for k := range f.results {
+		keys = append(keys, k)
+	}
+	for k := range f.findings {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
 func (f *fakeFindings) Prefetch(t tlsprobe.Target) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

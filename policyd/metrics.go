@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/buildinfo"
 )
 
 // Metrics holds the daemon's own Prometheus collectors (the wire protocols
@@ -31,6 +33,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		decisions: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_decisions_total",
 			Help: "RCPT-time decisions, by sender class (\"default\" for none) and action."}, []string{"class", "action"}),
 	}
+	build := buildinfo.Read()
+	f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_build_info",
+		Help:        "The running build: always 1, with its version, VCS revision and Go release as labels.",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "goversion": build.GoVersion}}).Set(1)
 	// Show both reload results from the start, so that alerts on
 	// increase(...{result="failure"}) have a series to work on.
 	m.reloads.WithLabelValues("success")

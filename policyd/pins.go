@@ -36,6 +36,9 @@ type pinBook struct {
 	now     func() time.Time
 	log     *slog.Logger
 	metrics *pinMetrics
+	// downgraded, if set, hears of every possible downgrade a probe shows
+	// (for the decision history).
+	downgraded func(p state.Pin)
 }
 
 func newPinBook(store state.Store, ttl time.Duration, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *pinBook {
@@ -100,6 +103,9 @@ func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pi
 		b.log.Warn("possible downgrade attack: a probe saw less than the pinned level; the pin stands",
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
 			"pin_expires", p.Expires)
+		if b.downgraded != nil {
+			b.downgraded(p)
+		}
 		return p, true
 	case shown.AtLeast(rules.LevelEncrypt):
 		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
@@ -186,7 +192,7 @@ func (b *pinBook) remove(destination string) (bool, error) {
 
 // list returns every pin, valid or expired, sorted by key.
 func (b *pinBook) list() []state.Pin {
-	var out []state.Pin
+	out := []state.Pin{} // an empty list, not null, in JSON
 	b.pins.Range(func(_, v any) bool {
 		out = append(out, *v.(*state.Pin))
 		return true

@@ -3,8 +3,10 @@ package policyd
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/rules"
+	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -211,5 +213,32 @@ type RcptService struct {
 func (s RcptService) RcptAction(ctx context.Context, sender, recipient string) string {
 	d := s.Engine.CheckRecipient(ctx, sender, recipient)
 	s.Metrics.rcptDecision(d)
-	return d.Render()
+	action := d.Render()
+	if d.Action != ActionDunno {
+		s.Engine.recordRcpt(sender, recipient, d, action)
+	}
+	return action
 }
+
+// recordRcpt puts a refusal (or reroute) in the history of the recipient
+// domain, once per domain, sender class and action: a flood of refused
+// recipients must not flood the history.
+func (e *Engine) recordRcpt(sender, recipient string, d RcptDecision, action string) {
+	k, err := rules.ParseKey(recipientDomain(recipient))
+	if err != nil || e.history == nil {
+		return
+	}
+	class := "default"
+	if d.Class != nil {
+		class = d.Class.Name
+	}
+	if !e.history.changed("rcpt:"+class, []byte(k.Name), action) {
+		return
+	}
+	rs := e.rules.Load()
+	e.history.offer(state.Decision{Time: time.Now(), Destination: k.Name, Map: MapRcpt, Answer: action,
+		Rule: ruleRef(rs, d.Rule), Evidence: state.Evidence{Sender: sender}})
+}
+
+// MapRcpt is the history's map name for RCPT-time actions.
+const MapRcpt = "rcpt"

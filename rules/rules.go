@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -94,7 +95,22 @@ type Rule struct {
 	Fallback string // "transport:nexthop", or empty
 	MTASTS   bool   // published MTA-STS policies apply
 	DANE     bool   // published TLSA records apply
+
+	// matched is set by the first lookup the rule answers, so that the
+	// status page can list rules that never matched since the load. Set
+	// once and then only read, it costs lookups no contention.
+	matched atomic.Bool
 }
+
+// MarkMatched records that the rule answered a lookup.
+func (r *Rule) MarkMatched() {
+	if !r.matched.Load() {
+		r.matched.Store(true)
+	}
+}
+
+// Matched reports whether the rule answered a lookup since it was loaded.
+func (r *Rule) Matched() bool { return r.matched.Load() }
 
 // Describe says which rule this is, for query output and logs.
 func (r *Rule) Describe(file string) string {

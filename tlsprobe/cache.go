@@ -203,6 +203,35 @@ func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 	}
 }
 
+// Peek returns the cached result for t, fresh or due for a refresh, without
+// starting anything and without counting a cache request: for the status
+// page and reports, which must neither probe nor skew the hit ratio.
+func (c *Cache[V]) Peek(t Target) (V, bool) {
+	key := t.Key()
+	e, ok := c.shard(key).load(key)
+	if !ok || !c.cfg.Now().Before(e.expires) {
+		var zero V
+		return zero, false
+	}
+	return e.res, true
+}
+
+// Keys returns the keys of every unexpired result, good or failed, in no
+// particular order.
+func (c *Cache[V]) Keys() []string {
+	now := c.cfg.Now()
+	var keys []string
+	for i := range c.shards {
+		c.shards[i].index.Range(func(k, v any) bool {
+			if now.Before(v.(*entry[V]).expires) {
+				keys = append(keys, k.(string))
+			}
+			return true
+		})
+	}
+	return keys
+}
+
 // Prefetch makes sure a result for t is cached or being gathered, without
 // waiting: a fresh result is left alone, a stale one is refreshed in the
 // background, and a miss starts a probe whose result a later lookup finds.

@@ -599,3 +599,30 @@ func TestCacheIndexFollowsLRU(t *testing.T) {
 		}
 	}
 }
+
+// TestCachePeekAndKeys: Peek neither probes nor counts; Keys lists what
+// is cached until it expires.
+func TestCachePeekAndKeys(t *testing.T) {
+	t.Parallel()
+	f, clock := newFakeProbe(), newFakeClock()
+	c, m := newTestCache(t, f, clock, CacheConfig{})
+	if _, ok := c.Peek(exampleTarget); ok {
+		t.Fatal("Peek found something in an empty cache")
+	}
+	c.Lookup(context.Background(), exampleTarget)
+	clock.Advance(cacheTTL * 3 / 4) // due for a refresh: Peek must not start one
+	if r, ok := c.Peek(exampleTarget); !ok || r.Detail != "probe 1" {
+		t.Errorf("Peek = %q, %v; want probe 1", r.Detail, ok)
+	}
+	if calls, _, _ := f.stats(); calls != 1 {
+		t.Errorf("%d probes after Peek, want 1", calls)
+	}
+	checkCounts(t, m, 0, 0, 1)
+	if keys := c.Keys(); len(keys) != 1 || keys[0] != exampleTarget.Key() {
+		t.Errorf("Keys = %v", keys)
+	}
+	clock.Advance(cacheTTL)
+	if keys := c.Keys(); len(keys) != 0 {
+		t.Errorf("Keys after expiry = %v", keys)
+	}
+}

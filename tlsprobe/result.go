@@ -133,6 +133,7 @@ type HostReport struct {
 	NameValid  bool           // certificate is valid for Host
 	SelfSigned bool           // leaf signed by its own key
 	NotAfter   time.Time      // leaf expiry
+	Subject    string         // leaf subject, for people
 	Issuer     string         // leaf issuer, for people
 	Capability Capability     // what this host showed
 	Cause      Cause          // why it is not CapVerify; CauseNone when it is

@@ -272,7 +272,7 @@ func (p *Prober) checkCertificate(h *HostReport, certs []*x509.Certificate) erro
 		return fail(CauseHandshake, "server sent no certificate")
 	}
 	leaf := certs[0]
-	h.NotAfter, h.Issuer = leaf.NotAfter, leaf.Issuer.String()
+	h.NotAfter, h.Subject, h.Issuer = leaf.NotAfter, leaf.Subject.String(), leaf.Issuer.String()
 	// Not CheckSignatureFrom(leaf): it refuses a parent that is not a CA,
 	// and many self-signed server certificates are not CAs.
 	h.SelfSigned = bytes.Equal(leaf.RawIssuer, leaf.RawSubject) &&

@@ -36,6 +36,10 @@ func (s Status) String() string {
 type Answer struct {
 	Status Status
 	Text   string
+	// Label is what tlspolicyd_answers_total counts the answer under: the
+	// level answered, or "route", "notfound", "error"; "" is not counted.
+	// It comes from a small fixed set, never from the request.
+	Label string
 }
 
 // RcptChecker makes the RCPT-time decision ("may mail from sender go to

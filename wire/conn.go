@@ -62,6 +62,13 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // and the remote address.
 func (c *Conn) Logger() *slog.Logger { return c.log }
 
+// countAnswer records a lookup's answer for tlspolicyd_answers_total.
+func (c *Conn) countAnswer(mapName string, a Answer) {
+	if c.stats != nil {
+		c.stats.Answer(mapName, a.Label)
+	}
+}
+
 // CountRequest records one answered request: result is one of the RequestResult
 // constants, d the time from the complete request to its reply.
 func (c *Conn) CountRequest(result RequestResult, d time.Duration) {

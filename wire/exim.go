@@ -55,7 +55,7 @@ func (ec *eximCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	if err != nil {
 		return err
 	}
-	result, reply := ec.answer(ctx, line)
+	result, reply := ec.answer(ctx, c, line)
 	if err := ec.reply(c, result, reply); err != nil {
 		return err
 	}
@@ -85,7 +85,7 @@ func readEximLine(r *bufio.Reader, max int) (string, error) {
 	}
 }
 
-func (ec *eximCodec) answer(ctx context.Context, req string) (RequestResult, string) {
+func (ec *eximCodec) answer(ctx context.Context, c *Conn, req string) (RequestResult, string) {
 	name, rest, ok := strings.Cut(req, " ")
 	if !ok || name == "" || rest == "" {
 		return ResultMalformed, fmt.Sprintf("PERM %v: expected \"MAP KEY\" or \"%s <SENDER> <RECIPIENT>\"", ErrEximMalformed, MapRcptCheck)
@@ -98,6 +98,7 @@ func (ec *eximCodec) answer(ctx context.Context, req string) (RequestResult, str
 		return ResultOK, ec.check.RcptAction(ctx, strings.Trim(sender, "<>"), strings.Trim(strings.TrimSpace(recipient), "<>"))
 	}
 	a := ec.lookup.LookupTable(ctx, name, []byte(rest))
+	c.countAnswer(name, a)
 	switch a.Status {
 	case StatusOK:
 		return ResultOK, "OK " + a.Text

@@ -52,7 +52,13 @@ func resultOf(s Status) RequestResult {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
 	m := &Metrics{requests: newRequestCollector()}
-	reg.MustRegister(m.requests)
+	reg.MustRegister(m.requests, &answerCollector{
+		desc: prometheus.NewDesc("tlspolicyd_answers_total",
+			"Table lookups answered, by map and by the level answered (route, notfound, error for the others).",
+			[]string{"map", "level"}, nil),
+		requests: m.requests,
+		always:   []string{"none", "may", "encrypt", "verify", "secure", "dane", "dane-only", "notfound", "error"},
+	})
 	m.connsOpen = f.NewGaugeVec(prometheus.GaugeOpts{Name: "tlspolicyd_connections_open",
 		Help: "Client connections currently open, by wire protocol."}, []string{"protocol"})
 	m.connsRejected = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_connections_rejected_total",

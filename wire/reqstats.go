@@ -35,6 +35,8 @@ type counters struct {
 // ConnStats are one connection's counters.
 type ConnStats struct {
 	counters
+	answers  connAnswers
+	overflow *answerTotals // the protocol's, for pairs beyond the connection's slots
 	boundsNS []int64
 }
 
@@ -56,11 +58,14 @@ type requestStats struct {
 	mu       sync.Mutex
 	open     map[*ConnStats]struct{}
 	closed   counters // totals of connections that have closed
+	// answersClosed are the answer counts of closed connections (and
+	// overflows).
+	answersClosed answerTotals
 }
 
 // OpenConn returns the counters of a new connection.
 func (s *requestStats) OpenConn() *ConnStats {
-	c := &ConnStats{boundsNS: s.boundsNS}
+	c := &ConnStats{boundsNS: s.boundsNS, overflow: &s.answersClosed}
 	s.mu.Lock()
 	s.open[c] = struct{}{}
 	s.mu.Unlock()
@@ -73,6 +78,7 @@ func (s *requestStats) CloseConn(c *ConnStats) {
 	defer s.mu.Unlock()
 	delete(s.open, c)
 	s.closed.add(&c.counters)
+	c.answers.each(s.answersClosed.add)
 }
 
 func (t *counters) add(c *counters) {
@@ -133,6 +139,17 @@ func (c *requestCollector) protocol(name string) *requestStats {
 	}
 	c.protocols[name] = s
 	return s
+}
+
+// all returns every protocol's stats.
+func (c *requestCollector) all() []*requestStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*requestStats, 0, len(c.protocols))
+	for _, s := range c.protocols {
+		out = append(out, s)
+	}
+	return out
 }
 
 func (c *requestCollector) Describe(ch chan<- *prometheus.Desc) {

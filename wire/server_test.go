@@ -34,19 +34,19 @@ func (f wireLookup) LookupTable(ctx context.Context, mapName string, key []byte)
 // other maps the way the engine does (the codecs pass every name through).
 func fakeAnswers(_ context.Context, mapName, key string) Answer {
 	if mapName != "tlspolicy" {
-		return Answer{StatusPerm, "unknown map " + mapName}
+		return Answer{Status: StatusPerm, Text: "unknown map " + mapName}
 	}
 	switch key {
 	case "notfound.test":
-		return Answer{StatusNotFound, "ignored"}
+		return Answer{Status: StatusNotFound, Text: "ignored"}
 	case "temp.test":
-		return Answer{StatusTemp, "probe failed"}
+		return Answer{Status: StatusTemp, Text: "probe failed"}
 	case "perm.test":
-		return Answer{StatusPerm, "bad key"}
+		return Answer{Status: StatusPerm, Text: "bad key"}
 	case "panic.test":
 		panic("lookup blew up")
 	}
-	return Answer{StatusOK, "verify match=" + key}
+	return Answer{Status: StatusOK, Text: "verify match=" + key, Label: "verify"}
 }
 
 // wireServer is a Server serving a loopback listener for one test.
@@ -317,15 +317,15 @@ func newBlockingLookup() *blockingLookup {
 func (b *blockingLookup) LookupTable(ctx context.Context, mapName string, keyBytes []byte) Answer {
 	key := string(keyBytes)
 	if !strings.HasPrefix(key, "stuck") {
-		return Answer{StatusOK, "may"}
+		return Answer{Status: StatusOK, Text: "may"}
 	}
 	b.entered <- key
 	select {
 	case <-b.release:
-		return Answer{StatusOK, "encrypt"}
+		return Answer{Status: StatusOK, Text: "encrypt"}
 	case <-ctx.Done():
 		b.canceled <- struct{}{}
-		return Answer{StatusTemp, "canceled"}
+		return Answer{Status: StatusTemp, Text: "canceled"}
 	}
 }
 

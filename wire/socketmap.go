@@ -56,7 +56,9 @@ func (sc *socketmapCodec) ServeRequest(ctx context.Context, c *Conn) error {
 	}
 	mapName := c.internName(name)
 	var result RequestResult
-	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], sc.lookup.LookupTable(ctx, mapName, key))
+	a := sc.lookup.LookupTable(ctx, mapName, key)
+	c.countAnswer(mapName, a)
+	c.Scratch, result = appendSocketmapReply(c.Scratch[:0], a)
 	return c.endLookup(ctx, result, mapName, key)
 }
 

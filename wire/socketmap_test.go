@@ -178,9 +178,9 @@ func TestSocketmapManyPipelinedRequests(t *testing.T) {
 func lengthLookup(_ context.Context, _, key string) Answer {
 	if n, ok := strings.CutPrefix(key, "reply:"); ok {
 		size, _ := strconv.Atoi(n)
-		return Answer{StatusOK, strings.Repeat("v", size)}
+		return Answer{Status: StatusOK, Text: strings.Repeat("v", size)}
 	}
-	return Answer{StatusOK, strconv.Itoa(len(key))}
+	return Answer{Status: StatusOK, Text: strconv.Itoa(len(key))}
 }
 
 func TestSocketmapSizeLimits(t *testing.T) {
@@ -241,6 +241,11 @@ func TestSocketmapMetricsAndLogs(t *testing.T) {
 			t.Errorf("%s requests = %v, want %v", r, got, want[r])
 		}
 	}
+	// Only labelled answers are counted: a.test and b.test (closed
+	// connections' counts are kept).
+	if got := m.answerSnapshot(); len(got) != 1 || got[answerKey{"tlspolicy", "verify"}] != 2 {
+		t.Errorf("answers = %v, want 2 tlspolicy/verify", got)
+	}
 	log := ws.log.String()
 	if n := strings.Count(log, "level=WARN msg=\"bad socketmap request"); n != 2 {
 		t.Errorf("%d bad requests logged at WARN, want 2 (once each):\n%s", n, log)
@@ -256,7 +261,7 @@ func TestSocketmapMetricsAndLogs(t *testing.T) {
 type constTable struct{}
 
 func (constTable) LookupTable(context.Context, string, []byte) Answer {
-	return Answer{StatusOK, "encrypt protocols=>=TLSv1.2"}
+	return Answer{Status: StatusOK, Text: "encrypt protocols=>=TLSv1.2"}
 }
 
 // quietServer sets up a server as in production: metrics on, debug logs off.
@@ -324,7 +329,7 @@ func BenchmarkSocketmapConn(b *testing.B) {
 // echoLookup answers OK with the key, so that a fuzzer can check each reply
 // against the request it parsed.
 func echoLookup(_ context.Context, _, key string) Answer {
-	return Answer{StatusOK, key}
+	return Answer{Status: StatusOK, Text: key}
 }
 
 // FuzzNetstring checks the netstring reader on arbitrary input (no panic;

@@ -51,7 +51,9 @@ func (tc *tcpTableCodec) ServeRequest(ctx context.Context, c *Conn) error {
 		return tc.badRequest(c, err)
 	}
 	var result RequestResult
-	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], tc.lookup.LookupTable(ctx, TCPTableMap, key))
+	a := tc.lookup.LookupTable(ctx, TCPTableMap, key)
+	c.countAnswer(TCPTableMap, a)
+	c.Scratch, result = appendTCPTableReply(c.Scratch[:0], a)
 	return c.endLookup(ctx, result, TCPTableMap, key)
 }
 

@@ -1,0 +1,347 @@
+package policyd
+
+import (
+	"context"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/rules"
+	"github.com/tlspolicyd/tlspolicyd/state"
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+	"github.com/tlspolicyd/tlspolicyd/wire"
+)
+
+// The decision history: the first answer the daemon gives for each
+// destination and map, and every change after it, with the rule and the
+// evidence behind it, kept in the state store for state.history.
+//
+// Lookups must not pay for it. A lookup only compares a hash of its
+// destination, map and answer with a slot of a fixed table (one atomic
+// load, no lock, no allocation); only when they differ (a first answer, a
+// change, or a slot another destination took) does it build a record and
+// hand it to the recorder's bounded queue. The recorder, in its own
+// goroutine, drops what is not a change (it remembers recent answers and
+// asks the store for older ones), logs the changes, and writes them in
+// batches, so that no lookup waits for a disk sync.
+
+// History sizes.
+const (
+	seenSlots       = 1 << 20 // 8 MiB of hashes: the table of answers given
+	historyQueueLen = 4096    // records waiting for the recorder
+	lastAnswers     = 200000  // (destination, map) pairs whose last answer the recorder keeps in memory
+	historyBatch    = 256     // records written in one transaction at most
+	historyFlush    = time.Second
+	historyPrune    = time.Hour
+	perDestination  = 1000 // records kept per destination, besides the age limit
+)
+
+// HistoryStore is the part of the state store the history needs.
+type HistoryStore interface {
+	AppendDecisions(ds ...state.Decision) error
+	Decisions(destination string, limit int) ([]state.Decision, error)
+	LatestDecision(destination, mapName string) (state.Decision, bool, error)
+	PruneDecisions(olderThan time.Time, perDestination int) (int, error)
+	DecisionDestinations(since time.Time) ([]string, error)
+}
+
+// recorder keeps the decision history.
+type recorder struct {
+	seed  maphash.Seed
+	seen  []atomic.Uint64 // per slot: destination-and-map hash (high half), answer hash (low half)
+	queue chan state.Decision
+	store HistoryStore
+	ttl   func() time.Duration // state.history in force
+	now   func() time.Time
+	log   *slog.Logger
+	logs  func() rules.DecisionLog // log.decisions in force
+
+	mu    sync.Mutex // guards last and known
+	last  *simplelru.LRU[string, string]
+	known map[string]time.Time // destination -> newest record, for the list of known destinations
+
+	recorded, dropped prometheus.Counter
+	stop              context.CancelFunc
+	done              chan struct{}
+}
+
+func newRecorder(store HistoryStore, ttl func() time.Duration, logs func() rules.DecisionLog, now func() time.Time,
+	log *slog.Logger, reg prometheus.Registerer) *recorder {
+	last, _ := simplelru.NewLRU[string, string](lastAnswers, nil)
+	f := promauto.With(reg)
+	return &recorder{
+		seed: maphash.MakeSeed(), seen: make([]atomic.Uint64, seenSlots),
+		queue: make(chan state.Decision, historyQueueLen), store: store, ttl: ttl, logs: logs, now: now, log: log,
+		last: last, known: make(map[string]time.Time),
+		recorded: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_records_total",
+			Help: "Decision history records written: first answers, changes and RCPT-time refusals."}),
+		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_dropped_total",
+			Help: "Decision history records lost because the recorder's queue was full."}),
+	}
+}
+
+// changed reports whether the answer for (mapName, name) may differ from
+// the last one recorded: the lookup path's whole cost of the history.
+func (h *recorder) changed(mapName string, name []byte, answer string) bool {
+	key := maphash.Bytes(h.seed, name) ^ maphash.String(h.seed, mapName)*0x9e3779b97f4a7c15
+	v := key&^0xffffffff | maphash.String(h.seed, answer)&0xffffffff
+	slot := &h.seen[key&(seenSlots-1)]
+	if slot.Load() == v {
+		return false
+	}
+	slot.Store(v)
+	return true
+}
+
+// offer hands a record to the recorder without waiting; a full queue
+// drops it and counts the loss.
+func (h *recorder) offer(d state.Decision) {
+	select {
+	case h.queue <- d:
+	default:
+		h.dropped.Inc()
+	}
+}
+
+// start runs the recorder until close: it loads the destinations the
+// store holds records of, prunes, and writes what lookups offer.
+func (h *recorder) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop, h.done = cancel, make(chan struct{})
+	if dests, err := h.store.DecisionDestinations(h.now().Add(-h.ttl())); err == nil {
+		now := h.now()
+		h.mu.Lock()
+		for _, d := range dests {
+			h.known[d] = now
+		}
+		h.mu.Unlock()
+	} else {
+		h.log.Error("cannot read the decision history; it starts empty in memory", "err", err)
+	}
+	go h.run(ctx)
+}
+
+func (h *recorder) run(ctx context.Context) {
+	defer close(h.done)
+	flush := time.NewTicker(historyFlush)
+	defer flush.Stop()
+	prune := time.NewTicker(historyPrune)
+	defer prune.Stop()
+	h.prune()
+	var batch []state.Decision
+	write := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if err := h.store.AppendDecisions(batch...); err != nil {
+			h.log.Error("cannot write the decision history to the state store", "records", len(batch), "err", err)
+		} else {
+			h.recorded.Add(float64(len(batch)))
+		}
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case d := <-h.queue:
+			if h.isChange(&d) {
+				batch = append(batch, d)
+				if len(batch) >= historyBatch {
+					write()
+				}
+			}
+		case <-flush.C:
+			write()
+		case <-prune.C:
+			h.prune()
+		case <-ctx.Done():
+			for {
+				select {
+				case d := <-h.queue:
+					if h.isChange(&d) {
+						batch = append(batch, d)
+					}
+				default:
+					write()
+					return
+				}
+			}
+		}
+	}
+}
+
+// isChange fills in d's previous answer and reports whether d records a
+// change (or a first answer); it logs the change as a decision record.
+func (h *recorder) isChange(d *state.Decision) bool {
+	if d.Map == MapDowngrade {
+		h.mu.Lock()
+		h.known[d.Destination] = d.Time
+		h.mu.Unlock()
+		return true
+	}
+	key := d.Destination + "\x00" + d.Map
+	h.mu.Lock()
+	prev, ok := h.last.Get(key)
+	h.mu.Unlock()
+	if !ok {
+		if old, found, err := h.store.LatestDecision(d.Destination, d.Map); err == nil && found {
+			prev, ok = old.Answer, true
+		}
+	}
+	h.mu.Lock()
+	h.last.Add(key, d.Answer)
+	h.known[d.Destination] = d.Time
+	h.mu.Unlock()
+	if ok && prev == d.Answer {
+		return false
+	}
+	d.Previous = prev
+	if h.logs() != rules.DecisionsNone {
+		h.log.LogAttrs(context.Background(), slog.LevelInfo, "decision changed", decisionAttrs(*d)...)
+	}
+	return true
+}
+
+func (h *recorder) prune() {
+	n, err := h.store.PruneDecisions(h.now().Add(-h.ttl()), perDestination)
+	if err != nil {
+		h.log.Error("cannot prune the decision history", "err", err)
+		return
+	}
+	if n > 0 {
+		h.log.Info("decision history pruned", "records", n, "older_than", h.ttl().String())
+	}
+	cutoff := h.now().Add(-h.ttl())
+	h.mu.Lock()
+	for d, at := range h.known {
+		if at.Before(cutoff) {
+			delete(h.known, d)
+		}
+	}
+	h.mu.Unlock()
+}
+
+// destinations are those with history within state.history.
+func (h *recorder) destinations() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]string, 0, len(h.known))
+	for d := range h.known {
+		out = append(out, d)
+	}
+	return out
+}
+
+// close stops the recorder after writing what is queued.
+func (h *recorder) close() {
+	if h.stop != nil {
+		h.stop()
+		<-h.done
+	}
+}
+
+// decisionAttrs are a decision record's log fields.
+func decisionAttrs(d state.Decision) []slog.Attr {
+	attrs := []slog.Attr{slog.String("destination", d.Destination), slog.String("map", d.Map),
+		slog.String("answer", d.Answer), slog.String("previous", d.Previous), slog.String("rule", d.Rule)}
+	e := d.Evidence
+	for _, kv := range [][2]string{{"probe", e.Probe}, {"pin", e.Pin}, {"mta_sts", e.MTASTS}, {"dane", e.DANE}, {"sender", e.Sender}} {
+		if kv[1] != "" {
+			attrs = append(attrs, slog.String(kv[0], kv[1]))
+		}
+	}
+	return attrs
+}
+
+// logsAll reports whether every lookup is logged (log.decisions: all).
+func (e *Engine) logsAll(rs *rules.Rules) bool {
+	return e.log != nil && rs.Settings.LogDecisions == rules.DecisionsAll
+}
+
+// record builds the history record of an answer (d, if not nil, holds the
+// evidence) and hands it to the recorder; with log.decisions: all it also
+// logs it, changed or not.
+func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision) {
+	rec := state.Decision{Time: time.Now(), Destination: destination, Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
+	if d != nil {
+		rec.Evidence = evidenceOf(d)
+	}
+	if e.logsAll(rs) {
+		e.log.LogAttrs(context.Background(), slog.LevelInfo, "decision", decisionAttrs(rec)...)
+	}
+	if e.history != nil {
+		e.history.offer(rec)
+	}
+}
+
+// answerText is an answer as the history shows it.
+func answerText(a wire.Answer) string {
+	switch a.Status {
+	case wire.StatusOK:
+		return a.Text
+	case wire.StatusNotFound:
+		return "NOTFOUND"
+	}
+	return a.Status.String() + " " + a.Text
+}
+
+// ruleRef is the "FILE:LINE" of a rule, or "" for defaults not written in
+// the file.
+func ruleRef(rs *rules.Rules, r *rules.Rule) string {
+	if r == nil || r.Line == 0 {
+		return ""
+	}
+	return rs.File + ":" + strconv.Itoa(r.Line)
+}
+
+// evidenceOf says what a decision rested on besides its rule.
+func evidenceOf(d *Decision) state.Evidence {
+	var ev state.Evidence
+	if d.Pin != nil {
+		ev.Pin = d.Pin.Level
+	}
+	if !d.Probed {
+		if d.Waited {
+			ev.Probe = "no result within probe.wait"
+		}
+		return ev
+	}
+	p := d.Findings.Probe
+	minTLS := d.rules.Settings.MinTLSVersion
+	switch {
+	case p.Failed():
+		ev.Probe = "failed: " + p.Reason(minTLS)
+	case p.Cause == tlsprobe.CauseNone:
+		ev.Probe = p.Capability.String()
+	default:
+		ev.Probe = p.Capability.String() + " (" + p.Reason(minTLS) + ")"
+	}
+	if sts := d.Findings.STS; sts != nil {
+		ev.MTASTS = sts.Mode.String() + " id " + sts.ID
+	}
+	if d.Findings.DANE != dane.NoDANE {
+		ev.DANE = d.Findings.DANE.String()
+	}
+	return ev
+}
+
+// MapDowngrade is the history's map name for possible downgrade attacks: a
+// probe that saw less than the pinned level.
+const MapDowngrade = "downgrade"
+
+// recordDowngrade puts a possible downgrade attack in the history. Each is
+// an event of its own, never merged with an earlier one.
+func (e *Engine) recordDowngrade(p state.Pin) {
+	if e.history == nil {
+		return
+	}
+	e.history.offer(state.Decision{Time: p.LastDowngrade, Destination: p.Key, Map: MapDowngrade,
+		Answer: "possible downgrade: " + p.DowngradeReason, Evidence: state.Evidence{Pin: p.Level}})
+}

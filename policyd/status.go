@@ -1,0 +1,255 @@
+package policyd
+
+import (
+	"embed"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/buildinfo"
+	"github.com/tlspolicyd/tlspolicyd/rules"
+)
+
+// The status page: server-rendered HTML that works without JavaScript
+// (a little of it filters and sorts the table in place). Every page is one
+// handler that gathers a plain struct and renders one template.
+
+//go:embed web/*.html web/*.css web/*.js
+var webFiles embed.FS
+
+// pageSize is how many destinations one page of the list shows.
+const pageSize = 100
+
+// summaryTTL is how long the summary over every known destination is
+// reused: computing it reads them all.
+const summaryTTL = 15 * time.Second
+
+// summary is what the status page and the expiry metric say about every
+// known destination at once.
+type summary struct {
+	at         time.Time
+	Known      int
+	ByLevel    []levelCount
+	Expiring   []expiringCert // of destinations that must be encrypted, within 30 days, soonest first
+	Downgrades []downgrade    // pins that saw a possible downgrade within 30 days
+	Probed     int            // destinations with a good probe result
+	Failed     int            // destinations whose last probe found nothing
+	MTASTS     map[string]int // policies by mode
+	DANE       map[string]int // verdicts
+}
+
+type levelCount struct {
+	Level string
+	Count int
+}
+
+type expiringCert struct {
+	Destination, Host string
+	NotAfter          time.Time
+	Days              int
+}
+
+type downgrade struct {
+	Destination, Pinned, Reason string
+	At                          time.Time
+}
+
+// summaryCache computes the summary at most once per summaryTTL.
+type summaryCache struct {
+	mu  sync.Mutex
+	sum *summary
+}
+
+func (d *Daemon) summary() *summary {
+	d.sums.mu.Lock()
+	defer d.sums.mu.Unlock()
+	now := d.now()
+	if s := d.sums.sum; s != nil && now.Sub(s.at) < summaryTTL {
+		return s
+	}
+	s := &summary{at: now, MTASTS: map[string]int{}, DANE: map[string]int{}}
+	levels := map[string]int{}
+	for _, name := range d.knownDestinations() {
+		v := d.Engine.View(name)
+		s.Known++
+		levels[v.Level]++
+		s.addFindings(v, now)
+	}
+	for l := rules.LevelNone; l <= rules.LevelDaneOnly; l++ {
+		if n := levels[l.String()]; n > 0 {
+			s.ByLevel = append(s.ByLevel, levelCount{l.String(), n})
+		}
+	}
+	sort.Slice(s.Expiring, func(i, j int) bool { return s.Expiring[i].NotAfter.Before(s.Expiring[j].NotAfter) })
+	for _, p := range d.pins.list() {
+		if !p.LastDowngrade.IsZero() && now.Sub(p.LastDowngrade) < 30*24*time.Hour {
+			s.Downgrades = append(s.Downgrades, downgrade{p.Key, p.Level, p.DowngradeReason, p.LastDowngrade})
+		}
+	}
+	d.sums.sum = s
+	return s
+}
+
+// addFindings counts what the probe and the published policies showed.
+func (s *summary) addFindings(v DestinationView, now time.Time) {
+	if v.ProbedAt != nil {
+		if len(v.MX) > 0 && v.MX[0].Certificate != nil || allAnswered(v.MX) {
+			s.Probed++
+		} else {
+			s.Failed++
+		}
+	}
+	if v.MTASTS != nil {
+		s.MTASTS[v.MTASTS.Mode]++
+	}
+	if v.DANE != "" {
+		s.DANE[v.DANE]++
+	}
+	if l, err := rules.ParseLevel(v.Level); err != nil || !l.Encrypted() {
+		return
+	}
+	for _, mx := range v.MX {
+		if c := mx.Certificate; c != nil && c.NotAfter.Sub(now) < 30*24*time.Hour {
+			s.Expiring = append(s.Expiring, expiringCert{v.Destination, mx.Host, c.NotAfter, int(c.NotAfter.Sub(now).Hours() / 24)})
+		}
+	}
+}
+
+func allAnswered(mx []MXView) bool {
+	for _, m := range mx {
+		if m.Error != "" && !m.STARTTLS {
+			return false
+		}
+	}
+	return len(mx) > 0
+}
+
+// expiringWithin counts the certificates of required destinations that
+// expire within days, for tlspolicyd_certificates_expiring.
+func (s *summary) expiringWithin(days int) int {
+	n := 0
+	for _, e := range s.Expiring {
+		if e.Days < days {
+			n++
+		}
+	}
+	return n
+}
+
+// statusPage is the data of GET /.
+type statusPage struct {
+	Build                buildinfo.Info
+	Started, ConfigTime  time.Time
+	Uptime               string
+	ConfigFile           string
+	Sum                  *summary
+	Unmatched            []*rules.Rule
+	List                 []DestinationView
+	Query                string
+	Page, Pages, Matches int
+	Prev, Next           string
+}
+
+func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	rs := d.Engine.Rules()
+	q := r.URL.Query().Get("q")
+	pageNo, _ := strconv.Atoi(r.URL.Query().Get("page"))
+	names := filterDestinations(d.knownDestinations(), q)
+	pages := max(1, (len(names)+pageSize-1)/pageSize)
+	pageNo = min(max(pageNo, 1), pages)
+	p := statusPage{
+		Build: buildinfo.Read(), Started: d.started, Uptime: d.now().Sub(d.started).Round(time.Second).String(),
+		ConfigFile: rs.File, ConfigTime: d.loadedAt(), Sum: d.summary(),
+		Query: q, Page: pageNo, Pages: pages, Matches: len(names),
+	}
+	for _, rule := range rs.Rules {
+		if !rule.Matched() {
+			p.Unmatched = append(p.Unmatched, rule)
+		}
+	}
+	for _, n := range page(names, (pageNo-1)*pageSize, pageSize) {
+		p.List = append(p.List, d.view(n, false))
+	}
+	link := func(n int) string {
+		return "/?" + url.Values{"q": {q}, "page": {strconv.Itoa(n)}}.Encode()
+	}
+	if pageNo > 1 {
+		p.Prev = link(pageNo - 1)
+	}
+	if pageNo < pages {
+		p.Next = link(pageNo + 1)
+	}
+	d.render(w, "status.html", p)
+}
+
+// destinationPage is the data of GET /d/NAME.
+type destinationPage struct {
+	Build buildinfo.Info
+	View  DestinationView
+	Maps  []mapAnswer
+}
+
+// mapAnswer is the answer of one map (the default or a class map).
+type mapAnswer struct{ Map, Answer, Why string }
+
+func (d *Daemon) destinationHandler(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := Target(name); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	p := destinationPage{Build: buildinfo.Read(), View: d.view(name, true)}
+	p.Maps = append(p.Maps, mapAnswer{rules.MapTLSPolicy, p.View.Answer, p.View.Why})
+	for _, c := range d.Engine.Rules().Classes {
+		dec := d.Engine.PeekClass(name, c)
+		p.Maps = append(p.Maps, mapAnswer{c.Name, answerText(dec.Answer), dec.Explain()})
+	}
+	d.render(w, "destination.html", p)
+}
+
+// render writes a page from its template.
+func (d *Daemon) render(w http.ResponseWriter, name string, data any) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'")
+	if err := d.pages.ExecuteTemplate(w, name, data); err != nil {
+		d.log.Error("rendering the status page", "page", name, "err", err)
+	}
+}
+
+// parsePages parses the embedded templates once.
+func parsePages() *template.Template {
+	funcs := template.FuncMap{
+		"rfc3339": func(t time.Time) string {
+			if t.IsZero() {
+				return "-"
+			}
+			return t.UTC().Format(time.RFC3339)
+		},
+		"day":  func(t time.Time) string { return t.UTC().Format(time.DateOnly) },
+		"dest": func(name string) string { return "/d/" + url.PathEscape(name) },
+	}
+	return template.Must(template.New("").Funcs(funcs).ParseFS(webFiles, "web/*.html"))
+}
+
+// mustSub is fs.Sub of an embedded tree whose folder is known to exist.
+func mustSub(fsys fs.FS, dir string) fs.FS {
+	sub, err := fs.Sub(fsys, dir)
+	if err != nil {
+		panic(err) // the folder is embedded at build time
+	}
+	return sub
+}
+
+// staticHandler serves the embedded CSS and JavaScript.
+func staticHandler() http.Handler {
+	return http.StripPrefix("/static/", http.FileServerFS(mustSub(webFiles, "web")))
+}
