@@ -142,11 +142,13 @@ func check(args []string, stdout, stderr io.Writer) int {
 
 func query(args []string, stdout, stderr io.Writer) int {
 	var sender string
+	var asJSON bool
 	config, rest, ok := flags("query", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&sender, "sender", "", "envelope sender `address` (picks the sender class)")
+		fs.BoolVar(&asJSON, "json", false, "print the answer and its evidence as JSON (the API's fields)")
 	})
 	if !ok || len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] DESTINATION")
+		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] [-json] DESTINATION")
 		return 2
 	}
 	p, gatherer, ok := loadGatherer(config, stderr)
@@ -172,6 +174,12 @@ func query(args []string, stdout, stderr io.Writer) int {
 	// the probe finish for the next lookup, query waits for the whole probe
 	// so that it can show the evidence.
 	d := e.Decide(context.Background(), rest[0], sender, p.Settings.ProbeTimeout+time.Second)
+	if asJSON {
+		if code := printJSON(stdout, stderr, e.ViewOf(rest[0], d)); code != 0 || !d.Found() {
+			return max(code, 1)
+		}
+		return 0
+	}
 	mapName := rules.MapTLSPolicy
 	if d.Class != nil {
 		mapName = d.Class.Name

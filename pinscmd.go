@@ -54,6 +54,9 @@ func pins(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "tlspolicyd:", err)
 			return 1
 		}
+		if list == nil {
+			list = []state.Pin{} // [] in JSON, not null
+		}
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")

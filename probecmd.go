@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -37,11 +36,8 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	}
 	f := g.Gather(context.Background(), target)
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(f); err != nil {
-			fmt.Fprintln(stderr, "tlspolicyd:", err)
-			return 1
+		if code := printJSON(stdout, stderr, policyd.FindingsView(p, rest[0], target, f)); code != 0 {
+			return code
 		}
 	} else {
 		printFindings(stdout, f, p.Settings.MinTLSVersion)

@@ -56,6 +56,12 @@ func StoredViews(rs *rules.Rules, store *state.Bolt, now time.Time) ([]Destinati
 	return views, nil
 }
 
+// FindingsView describes what a probe gathered for destination as the
+// rules would answer with it (for `tlspolicyd probe -json`).
+func FindingsView(rs *rules.Rules, destination string, t tlsprobe.Target, f Findings) DestinationView {
+	return NewEngine(rs, storedFindings{t.Key(): f}).View(destination)
+}
+
 // storedFindings is a FindingsSource of findings read from the store.
 type storedFindings map[string]Findings
 

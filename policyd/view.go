@@ -17,8 +17,9 @@ import (
 // times, TLS versions as Postfix names them, durations in seconds.
 type DestinationView struct {
 	Destination   string           `json:"destination"`
-	Level         string           `json:"level"`  // the bare level answered, e.g. "verify"
-	Answer        string           `json:"answer"` // the whole policy text, e.g. "verify protocols=>=TLSv1.2"
+	Map           string           `json:"map,omitempty"` // query -json: the map answered, when not the default
+	Level         string           `json:"level"`         // the bare level answered, e.g. "verify"
+	Answer        string           `json:"answer"`        // the whole policy text, e.g. "verify protocols=>=TLSv1.2"
 	Floor         string           `json:"floor"`
 	Rule          string           `json:"rule"` // "FILE:LINE" of the deciding rule, or ""
 	Why           string           `json:"why"`
@@ -100,8 +101,16 @@ func (peekSource) Prefetch(tlsprobe.Target) {}
 // View describes a destination as the default map answers it now, with
 // the evidence behind the answer. It reads memory only.
 func (e *Engine) View(destination string) DestinationView {
-	d := e.Peek(destination)
+	return e.ViewOf(destination, e.Peek(destination))
+}
+
+// ViewOf describes a decision made for destination, with the evidence in
+// memory behind it.
+func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 	v := DestinationView{Destination: destination, MX: []MXView{}, Why: d.Explain()}
+	if d.Class != nil {
+		v.Map = d.Class.Name
+	}
 	if d.Key.Kind != 0 {
 		v.Destination = d.Key.String()
 	}
@@ -119,7 +128,10 @@ func (e *Engine) View(destination string) DestinationView {
 				v.Downgrades30d = 1
 			}
 		}
-		if e.findings != nil {
+		switch {
+		case d.Probed:
+			v.setFindings(d.Findings)
+		case e.findings != nil:
 			if f, ok := e.findings.Peek(t); ok {
 				v.setFindings(f)
 			}
