@@ -61,7 +61,7 @@ func (offlineResolver) LookupAddrs(ctx context.Context, host string) ([]netip.Ad
 	return nil, &dnsclient.Error{Name: host, Qtype: "A", Kind: dnsclient.ErrOther, Err: errors.New("offline test")}
 }
 
-func newTestDaemon(t *testing.T, p *rules.Rules) *Daemon {
+func newTestDaemon(t testing.TB, p *rules.Rules) *Daemon {
 	t.Helper()
 	p.Settings.StatePath = filepath.Join(t.TempDir(), "state.db")
 	reg := prometheus.NewRegistry()

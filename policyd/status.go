@@ -25,6 +25,10 @@ var webFiles embed.FS
 // pageSize is how many destinations one page of the list shows.
 const pageSize = 100
 
+// attentionRows bounds the certificates the status page lists as expiring
+// (it says how many more there are; the report lists them all).
+const attentionRows = 25
+
 // summaryTTL is how long the summary over every known destination is
 // reused: computing it reads them all.
 const summaryTTL = 15 * time.Second
@@ -148,6 +152,8 @@ type statusPage struct {
 	Uptime               string
 	ConfigFile           string
 	Sum                  *summary
+	Expiring             []expiringCert // the soonest of Sum.Expiring
+	ExpiringMore         int            // how many more there are
 	Unmatched            []*rules.Rule
 	List                 []DestinationView
 	Query                string
@@ -171,6 +177,8 @@ func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
 		ConfigFile: rs.File, ConfigTime: d.loadedAt(), Sum: d.summary(),
 		Query: q, Page: pageNo, Pages: pages, Matches: len(names),
 	}
+	p.Expiring = p.Sum.Expiring[:min(len(p.Sum.Expiring), attentionRows)]
+	p.ExpiringMore = len(p.Sum.Expiring) - len(p.Expiring)
 	for _, rule := range rs.Rules {
 		if !rule.Matched() {
 			p.Unmatched = append(p.Unmatched, rule)
