@@ -10,8 +10,11 @@
 // on 127.0.0.0/8. Raw connections check the wire behaviour the real peers
 // cannot show (malformed and oversized requests, connection reuse), and
 // signals check reload (SIGHUP), shutdown (SIGTERM, SIGINT) and restarts.
+// promtool checks and unit-tests the shipped alerting rules, and a scrape of
+// the daemon checks that every metric the rules and the Grafana dashboard
+// name exists.
 //
-// The tests need Postfix and Exim (.ci/install-deps installs them); without
-// them they fail, rather than skip, and say what to run. The package has no
-// non-test code besides this documentation.
+// The tests need Postfix, Exim and promtool (.ci/install-deps installs
+// them); without them they fail, rather than skip, and say what to run. The
+// package has no non-test code besides this documentation.
 package acceptance
