@@ -22,6 +22,20 @@ const historyShown = 200
 // probed within state.history, sorted: those with findings in the cache,
 // with a pin, or with decision history.
 func (d *Daemon) knownDestinations() []string {
+	d.sums.mu.Lock()
+	defer d.sums.mu.Unlock()
+	return d.knownLocked()
+}
+
+// knownLocked is knownDestinations with d.sums.mu held. Building the list
+// reads every cache entry, pin and history destination, so it is reused
+// for a while (see reuseFor).
+func (d *Daemon) knownLocked() []string {
+	now := d.now()
+	if d.sums.names != nil && now.Before(d.sums.namesUntil) {
+		return d.sums.names
+	}
+	defer func() { d.sums.namesUntil = now.Add(reuseFor(d.now().Sub(now))) }()
 	set := make(map[string]struct{})
 	for _, k := range d.cache.Keys() {
 		set[k] = struct{}{}
@@ -39,6 +53,7 @@ func (d *Daemon) knownDestinations() []string {
 		out = append(out, k)
 	}
 	slices.Sort(out)
+	d.sums.names = out
 	return out
 }
 

@@ -29,9 +29,11 @@ const pageSize = 100
 // (it says how many more there are; the report lists them all).
 const attentionRows = 25
 
-// summaryTTL is how long the summary over every known destination is
-// reused: computing it reads them all.
-const summaryTTL = 15 * time.Second
+// reuseFor is how long a result that took cost to compute is reused:
+// twenty times as long, at most 15 s, so that however often the status
+// page or a scrape asks, summing up 100,000 destinations takes at most a
+// twentieth of a CPU, while a small daemon's page is always current.
+func reuseFor(cost time.Duration) time.Duration { return min(20*cost, 15*time.Second) }
 
 // summary is what the status page and the expiry metric say about every
 // known destination at once.
@@ -63,26 +65,35 @@ type downgrade struct {
 	At                          time.Time
 }
 
-// summaryCache computes the summary at most once per summaryTTL.
+// summaryCache keeps the summary and the list of known destinations for
+// reuseFor their cost.
 type summaryCache struct {
-	mu  sync.Mutex
-	sum *summary
+	mu         sync.Mutex
+	sum        *summary
+	sumUntil   time.Time
+	names      []string // known destinations, sorted; shared read-only
+	namesUntil time.Time
 }
 
 func (d *Daemon) summary() *summary {
 	d.sums.mu.Lock()
 	defer d.sums.mu.Unlock()
 	now := d.now()
-	if s := d.sums.sum; s != nil && now.Sub(s.at) < summaryTTL {
+	if s := d.sums.sum; s != nil && now.Before(d.sums.sumUntil) {
 		return s
 	}
+	defer func() { d.sums.sumUntil = now.Add(reuseFor(d.now().Sub(now))) }()
 	s := &summary{at: now, MTASTS: map[string]int{}, DANE: map[string]int{}}
 	levels := map[string]int{}
-	for _, name := range d.knownDestinations() {
-		v := d.Engine.View(name)
+	for _, name := range d.knownLocked() {
+		dec := d.Engine.Peek(name)
 		s.Known++
-		levels[v.Level]++
-		s.addFindings(v, now)
+		levels[dec.Level.String()]++
+		if t, ok := targetOf(dec.Key); ok {
+			if f, ok := d.cache.Peek(t); ok {
+				s.addFindings(dec.Key.String(), dec.Level, f, now)
+			}
+		}
 	}
 	for l := rules.LevelNone; l <= rules.LevelDaneOnly; l++ {
 		if n := levels[l.String()]; n > 0 {
@@ -99,38 +110,26 @@ func (d *Daemon) summary() *summary {
 	return s
 }
 
-// addFindings counts what the probe and the published policies showed.
-func (s *summary) addFindings(v DestinationView, now time.Time) {
-	if v.ProbedAt != nil {
-		if len(v.MX) > 0 && v.MX[0].Certificate != nil || allAnswered(v.MX) {
-			s.Probed++
-		} else {
-			s.Failed++
-		}
+// addFindings counts what the probe and the published policies showed
+// for a destination answered at level.
+func (s *summary) addFindings(destination string, level rules.Level, f Findings, now time.Time) {
+	if f.Probe.Failed() {
+		s.Failed++
+	} else {
+		s.Probed++
 	}
-	if v.MTASTS != nil {
-		s.MTASTS[v.MTASTS.Mode]++
+	if f.STS != nil {
+		s.MTASTS[f.STS.Mode.String()]++
 	}
-	if v.DANE != "" {
-		s.DANE[v.DANE]++
-	}
-	if l, err := rules.ParseLevel(v.Level); err != nil || !l.Encrypted() {
+	s.DANE[f.DANE.String()]++
+	if !level.Encrypted() {
 		return
 	}
-	for _, mx := range v.MX {
-		if c := mx.Certificate; c != nil && c.NotAfter.Sub(now) < 30*24*time.Hour {
-			s.Expiring = append(s.Expiring, expiringCert{v.Destination, mx.Host, c.NotAfter, int(c.NotAfter.Sub(now).Hours() / 24)})
+	for _, h := range f.Probe.Hosts {
+		if !h.NotAfter.IsZero() && h.NotAfter.Sub(now) < 30*24*time.Hour {
+			s.Expiring = append(s.Expiring, expiringCert{destination, h.Host, h.NotAfter, int(h.NotAfter.Sub(now).Hours() / 24)})
 		}
 	}
-}
-
-func allAnswered(mx []MXView) bool {
-	for _, m := range mx {
-		if m.Error != "" && !m.STARTTLS {
-			return false
-		}
-	}
-	return len(mx) > 0
 }
 
 // expiringWithin counts the certificates of required destinations that
