@@ -260,6 +260,14 @@ func decisionAttrs(d state.Decision) []slog.Attr {
 	return attrs
 }
 
+// clock is the history's clock (the daemon's, injected), or the system's.
+func (e *Engine) clock() time.Time {
+	if e.history != nil {
+		return e.history.now()
+	}
+	return time.Now()
+}
+
 // logsAll reports whether every lookup is logged (log.decisions: all).
 func (e *Engine) logsAll(rs *rules.Rules) bool {
 	return e.log != nil && rs.Settings.LogDecisions == rules.DecisionsAll
@@ -269,7 +277,7 @@ func (e *Engine) logsAll(rs *rules.Rules) bool {
 // evidence) and hands it to the recorder; with log.decisions: all it also
 // logs it, changed or not.
 func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision) {
-	rec := state.Decision{Time: time.Now(), Destination: destination, Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
+	rec := state.Decision{Time: e.clock(), Destination: destination, Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
 	if d != nil {
 		rec.Evidence = evidenceOf(d)
 	}

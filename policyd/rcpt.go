@@ -3,7 +3,6 @@ package policyd
 import (
 	"context"
 	"strings"
-	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -236,7 +235,7 @@ func (e *Engine) recordRcpt(sender, recipient string, d RcptDecision, action str
 		return
 	}
 	rs := e.rules.Load()
-	e.history.offer(state.Decision{Time: time.Now(), Destination: k.Name, Map: MapRcpt, Answer: action,
+	e.history.offer(state.Decision{Time: e.clock(), Destination: k.Name, Map: MapRcpt, Answer: action,
 		Rule: ruleRef(rs, d.Rule), Evidence: state.Evidence{Sender: sender}})
 }
 

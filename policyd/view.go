@@ -124,8 +124,8 @@ func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 	if err == nil {
 		if pin, ok := e.pinFor(t); ok {
 			v.Pin = pinView(pin)
-			if !pin.LastDowngrade.IsZero() && pin.LastDowngrade.After(time.Now().Add(-30*24*time.Hour)) {
-				v.Downgrades30d = 1
+			if !pin.LastDowngrade.IsZero() && pin.LastDowngrade.After(e.clock().Add(-30*24*time.Hour)) {
+				v.Downgrades30d = 1 // until the history, which counts them all, says more
 			}
 		}
 		switch {
