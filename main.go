@@ -122,17 +122,30 @@ func flags(name string, args []string, stderr io.Writer, add func(*flag.FlagSet)
 	return *config, fs.Args(), true
 }
 
-func check(args []string, stdout, stderr io.Writer) int {
-	config, rest, ok := flags("check", args, stderr, nil)
-	if !ok || len(rest) > 0 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE]")
-		return 2
+// command parses a subcommand's flags (-config and those add sets up),
+// checks that it got nargs arguments (-1: at least one), and loads the
+// configuration. An exit code of 0 or more means it failed and said why on
+// stderr; the command ends with that code.
+func command(name, usage string, args []string, nargs int, stderr io.Writer, add func(*flag.FlagSet)) (*rules.Rules, []string, int) {
+	config, rest, ok := flags(name, args, stderr, add)
+	if !ok || nargs >= 0 && len(rest) != nargs || nargs < 0 && len(rest) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return nil, nil, 2
 	}
 	p, err := rules.LoadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
+		return nil, nil, 1
 	}
+	return p, rest, -1
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	p, _, code := command("check", "usage: tlspolicyd check [-config FILE]", args, 0, stderr, nil)
+	if code >= 0 {
+		return code
+	}
+	config := p.File
 	for _, w := range p.Warnings {
 		fmt.Fprintf(stderr, "%s (warning)\n", w)
 	}
@@ -143,15 +156,15 @@ func check(args []string, stdout, stderr io.Writer) int {
 func query(args []string, stdout, stderr io.Writer) int {
 	var sender string
 	var asJSON bool
-	config, rest, ok := flags("query", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&sender, "sender", "", "envelope sender `address` (picks the sender class)")
-		fs.BoolVar(&asJSON, "json", false, "print the answer and its evidence as JSON (the API's fields)")
-	})
-	if !ok || len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd query [-config FILE] [-sender ADDR] [-json] DESTINATION")
-		return 2
+	p, rest, code := command("query", "usage: tlspolicyd query [-config FILE] [-sender ADDR] [-json] DESTINATION", args, 1, stderr,
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&sender, "sender", "", "envelope sender `address` (picks the sender class)")
+			fs.BoolVar(&asJSON, "json", false, "print the answer and its evidence as JSON (the API's fields)")
+		})
+	if code >= 0 {
+		return code
 	}
-	p, gatherer, ok := loadGatherer(config, stderr)
+	gatherer, ok := newGatherer(p, stderr)
 	if !ok {
 		return 1
 	}
@@ -210,20 +223,15 @@ func query(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// loadGatherer loads the configuration and builds what gathers findings
-// live, for query and probe; it reports errors on stderr.
-func loadGatherer(config string, stderr io.Writer) (*rules.Rules, *policyd.Gatherer, bool) {
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return nil, nil, false
-	}
+// newGatherer builds what gathers findings live, for query and probe; it
+// reports errors on stderr.
+func newGatherer(p *rules.Rules, stderr io.Writer) (*policyd.Gatherer, bool) {
 	g, err := policyd.NewGatherer(p.Settings, policyd.ProbeDeps{})
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
-		return nil, nil, false
+		return nil, false
 	}
-	return p, g, true
+	return g, true
 }
 
 func serve(args []string, stderr io.Writer) int {

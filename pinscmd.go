@@ -23,15 +23,9 @@ const pinsUsage = "usage: tlspolicyd pins [-config FILE] list [-json] | add DEST
 // daemon holds it, and otherwise through the running daemon's HTTP
 // listener, so that the daemon's memory and its store stay one.
 func pins(args []string, stdout, stderr io.Writer) int {
-	config, rest, ok := flags("pins", args, stderr, nil)
-	if !ok || len(rest) == 0 {
-		fmt.Fprintln(stderr, pinsUsage)
-		return 2
-	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+	p, rest, code := command("pins", pinsUsage, args, -1, stderr, nil)
+	if code >= 0 {
+		return code
 	}
 	admin, err := openPinAdmin(p.Settings)
 	if err != nil {

@@ -18,14 +18,13 @@ import (
 // probe runs `tlspolicyd probe`: one live probe, printed per MX host.
 func probe(args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	config, rest, ok := flags("probe", args, stderr, func(fs *flag.FlagSet) {
+	p, rest, code := command("probe", "usage: tlspolicyd probe [-config FILE] [-json] DOMAIN", args, 1, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	})
-	if !ok || len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd probe [-config FILE] [-json] DOMAIN")
-		return 2
+	if code >= 0 {
+		return code
 	}
-	p, g, ok := loadGatherer(config, stderr)
+	g, ok := newGatherer(p, stderr)
 	if !ok {
 		return 1
 	}

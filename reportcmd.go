@@ -22,17 +22,11 @@ import (
 // destination, newest first.
 func history(args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
-	config, rest, ok := flags("history", args, stderr, func(fs *flag.FlagSet) {
+	p, rest, code := command("history", "usage: tlspolicyd history [-config FILE] [-json] DESTINATION", args, 1, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&asJSON, "json", false, "print the records as JSON")
 	})
-	if !ok || len(rest) != 1 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd history [-config FILE] [-json] DESTINATION")
-		return 2
-	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+	if code >= 0 {
+		return code
 	}
 	key, err := rules.ParseKey(rest[0])
 	if err != nil {
@@ -126,19 +120,19 @@ func (a *pinAdmin) history(destination string) ([]state.Decision, error) {
 // reportCmd runs `tlspolicyd report`: every known destination's posture.
 func reportCmd(args []string, stdout, stderr io.Writer) int {
 	var format, out string
-	config, rest, ok := flags("report", args, stderr, func(fs *flag.FlagSet) {
+	const usage = "usage: tlspolicyd report [-config FILE] [-format csv|json|html] [-o FILE]"
+	p, _, code := command("report", usage, args, 0, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&format, "format", "csv", "csv, json or html")
 		fs.StringVar(&out, "o", "", "write to this `file` instead of standard output")
 	})
-	if !ok || len(rest) != 0 || (format != "csv" && format != "json" && format != "html") {
-		fmt.Fprintln(stderr, "usage: tlspolicyd report [-config FILE] [-format csv|json|html] [-o FILE]")
+	if code >= 0 {
+		return code
+	}
+	if format != "csv" && format != "json" && format != "html" {
+		fmt.Fprintln(stderr, usage)
 		return 2
 	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
+	config := p.File
 	data, err := os.ReadFile(config)
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
