@@ -10,8 +10,11 @@
 // on 127.0.0.0/8. Raw connections check the wire behaviour the real peers
 // cannot show (malformed and oversized requests, connection reuse), and
 // signals check reload (SIGHUP), shutdown (SIGTERM, SIGINT) and restarts.
+// What a postmaster sees is checked too: the status page, the JSON API, the
+// decision history, the report, the logs, the HTTP token, and the status
+// page's JavaScript in headless Chromium (driven with chromedp).
 //
-// The tests need Postfix and Exim (.ci/install-deps installs them); without
-// them they fail, rather than skip, and say what to run. The package has no
+// The tests need Postfix, Exim and Chromium (.ci/install-deps installs
+// them); without them they fail, rather than skip, and say what to run. The package has no
 // non-test code besides this documentation.
 package acceptance
