@@ -77,15 +77,17 @@ func (a *connAnswers) each(f func(answerKey, uint64)) {
 }
 
 // answerSnapshot returns the answer counts of every connection, open or
-// closed.
+// closed. It holds s.mu throughout, as CloseConn does while it moves a
+// connection's counts from the open ones to the closed totals, so that a
+// connection closing meanwhile is counted once, not twice.
 func (s *requestStats) answerSnapshot() map[answerKey]uint64 {
 	out := make(map[answerKey]uint64)
 	add := func(k answerKey, n uint64) { out[k] += n }
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for c := range s.open {
 		c.answers.each(add)
 	}
-	s.mu.Unlock()
 	s.answersClosed.mu.Lock()
 	for k, n := range s.answersClosed.n {
 		add(k, n)

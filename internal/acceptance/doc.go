@@ -12,9 +12,11 @@
 // signals check reload (SIGHUP), shutdown (SIGTERM, SIGINT) and restarts.
 // promtool checks and unit-tests the shipped alerting rules, and a scrape of
 // the daemon checks that every metric the rules and the Grafana dashboard
-// name exists.
+// name exists. What a postmaster sees is checked too: the status page, the
+// JSON API, the decision history, the report, the logs, the HTTP token, and
+// the status page's JavaScript in headless Chromium (driven with chromedp).
 //
-// The tests need Postfix, Exim and promtool (.ci/install-deps installs
-// them); without them they fail, rather than skip, and say what to run. The
-// package has no non-test code besides this documentation.
+// The tests need Postfix, Exim, promtool and Chromium (.ci/install-deps
+// installs them); without them they fail, rather than skip, and say what to
+// run. The package has no non-test code besides this documentation.
 package acceptance
