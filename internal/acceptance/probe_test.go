@@ -184,23 +184,28 @@ func TestProbing(t *testing.T) {
 		if code != 0 {
 			t.Errorf("tlspolicyd probe -json good.test: exit %d, want 0\n%s", code, out)
 		}
-		// The findings: the probe, and what the destination publishes.
-		var f struct {
-			Probe struct {
-				Capability string
-				Hosts      []struct {
-					Host       string
-					Capability string
-				}
-			} `json:"probe"`
+		// The API's fields: what the probe found per MX host address.
+		var v struct {
+			Destination string  `json:"destination"`
+			ProbedAt    *string `json:"probed_at"`
+			MX          []struct {
+				Host        string `json:"host"`
+				Address     string `json:"address"`
+				STARTTLS    bool   `json:"starttls"`
+				TLSVersion  string `json:"tls_version"`
+				Certificate *struct {
+					Valid     bool `json:"valid"`
+					NameMatch bool `json:"name_match"`
+				} `json:"certificate"`
+			} `json:"mx"`
 		}
-		if err := json.Unmarshal([]byte(out), &f); err != nil {
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
 			t.Fatalf("tlspolicyd probe -json good.test: not JSON: %v\n%s", err, out)
 		}
-		r := f.Probe
-		if r.Capability != "verify" || len(r.Hosts) != 1 || r.Hosts[0].Host != "mx.good.test" || r.Hosts[0].Capability != "verify" {
-			t.Errorf("tlspolicyd probe -json good.test: capability %q, hosts %+v; want verify, one host mx.good.test with verify\n%s",
-				r.Capability, r.Hosts, out)
+		if v.Destination != "good.test" || v.ProbedAt == nil || len(v.MX) != 1 || v.MX[0].Host != "mx.good.test" ||
+			v.MX[0].Address != "127.0.0.2" || !v.MX[0].STARTTLS || !strings.HasPrefix(v.MX[0].TLSVersion, "TLSv1.") ||
+			v.MX[0].Certificate == nil || !v.MX[0].Certificate.Valid || !v.MX[0].Certificate.NameMatch {
+			t.Errorf("tlspolicyd probe -json good.test: %+v; want one MX mx.good.test (127.0.0.2) with STARTTLS and a valid certificate for its name\n%s", v, out)
 		}
 
 		code, out = runCLI(t, dir, "query", "-config", path, "good.test")
