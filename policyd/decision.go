@@ -23,6 +23,9 @@ type Decision struct {
 	Findings Findings
 	Probed   bool
 	Waited   bool
+	// Pending is set when the rules or a pin answered at once and the
+	// evidence is being gathered in the background for later lookups.
+	Pending bool
 	Pin      *state.Pin // the destination's valid pin, if consulted
 	// Published says which published policy (DANE, MTA-STS) decided, if
 	// one did.
@@ -85,6 +88,8 @@ func (d Decision) Explain() string {
 		s += fmt.Sprintf("; already at or above what evidence may give (upgrade %s)", d.Rule.Upgrade)
 	case d.Waited:
 		s += "; no probe result within probe.wait: the floor is answered meanwhile"
+	case d.Pending && d.Pin == nil:
+		s += "; evidence is being gathered in the background: the rule answers meanwhile"
 	case d.Published != "":
 		s += fmt.Sprintf("; raised to %s by a published policy: %s", d.Level, d.Published)
 	case d.Pin != nil && !d.Floor.AtLeast(d.Level) && (!d.Probed || !capabilityLevel(d.Findings.Probe.Capability).AtLeast(d.Level)):

@@ -108,7 +108,7 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, mapName string, k rules.Key, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
 	d := Decision{rules: rs, Key: k, Class: class, Rule: r, Floor: floor}
 	d.setLevel(floor)
-	e.raise(ctx, &d, rs.Settings.ProbeWait)
+	e.raise(ctx, &d, rs.Settings.ProbeWait, false)
 	if e.logsAll(rs) || e.history != nil && e.history.changed(mapName, []byte(k.Name), d.Answer.Text) {
 		e.record(rs, mapName, k.String(), r, d.Answer, &d)
 	}
@@ -129,7 +129,9 @@ func badKey(err error) wire.Answer {
 }
 
 // Decide answers for a destination as the map for sender's class would,
-// waiting at most wait for a probe.
+// waiting at most wait for evidence that is not in memory, even for a
+// destination its rules or pin could answer at once (for `query`, which
+// shows the evidence; lookups never wait for that).
 func (e *Engine) Decide(ctx context.Context, destination, sender string, wait time.Duration) Decision {
 	rs := e.rules.Load()
 	var class *rules.Class
@@ -138,7 +140,7 @@ func (e *Engine) Decide(ctx context.Context, destination, sender string, wait ti
 	}
 	d := decideFromRules(rs, destination, class)
 	if d.Found() && e.consultsEvidence(rs, d.Rule, d.Key.Kind, d.Floor) {
-		e.raise(ctx, &d, wait)
+		e.raise(ctx, &d, wait, true)
 	}
 	return d
 }
@@ -161,7 +163,13 @@ func (e *Engine) consultsEvidence(rs *rules.Rules, r *rules.Rule, kind rules.Key
 // upgrades is raised to what its pin and probe showed, capped by the
 // rule's upgrade. Evidence only ever raises: no probe outcome, failure or
 // delay answers below the floor.
-func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration) {
+//
+// Evidence not in memory is waited for (at most wait) only for a
+// destination the daemon knows nothing about: no rule names it and it has
+// no pin. One that a rule or a pin answers is answered at once, and its
+// evidence gathered in the background for the next lookup; patient (query)
+// waits anyway.
+func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration, patient bool) {
 	t, ok := targetOf(d.Key)
 	if !ok {
 		return
@@ -182,8 +190,13 @@ func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration) {
 	if d.Level.AtLeast(limit) && !wantPublished {
 		return // nothing evidence could add
 	}
-	d.Findings, d.Probed = e.findingsFor(ctx, t, wait)
-	if !d.Probed {
+	if known := d.Pin != nil || d.Rule.Index >= 0; known && !patient {
+		if d.Findings, d.Probed = e.findings.Get(t); !d.Probed {
+			e.findings.Prefetch(t)
+			d.Pending = true
+			return
+		}
+	} else if d.Findings, d.Probed = e.findingsFor(ctx, t, wait); !d.Probed {
 		d.Waited = true
 		return
 	}

@@ -17,6 +17,7 @@ type fakeFindings struct {
 	findings   map[string]Findings        // whole findings (published policies), checked first
 	asked      []tlsprobe.Target
 	prefetched []tlsprobe.Target
+	waited     []tlsprobe.Target // lookups that had to wait for a probe
 }
 
 func (f *fakeFindings) Peek(t tlsprobe.Target) (Findings, bool) { return f.Get(t) }
@@ -55,6 +56,9 @@ func (f *fakeFindings) Lookup(ctx context.Context, t tlsprobe.Target) (Findings,
 	if r, ok := f.Get(t); ok {
 		return r, true
 	}
+	f.mu.Lock()
+	f.waited = append(f.waited, t)
+	f.mu.Unlock()
 	<-ctx.Done()
 	return Findings{}, false
 }

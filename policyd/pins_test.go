@@ -252,3 +252,44 @@ func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 		t.Errorf("probed.test after restart = %q", got.Text)
 	}
 }
+
+// TestKnownDestinationsNeverWait: with a published-policy source on (so
+// evidence could always add something), a destination that a pin or a
+// rule answers is answered at once while its evidence is gathered in the
+// background; only one the daemon knows nothing about waits probe.wait.
+func TestKnownDestinationsNeverWait(t *testing.T) {
+	t.Parallel()
+	ev := &fakeFindings{}
+	e := NewEngine(mustLoad(t, "probe: {wait: 20ms}\ndefaults: {level: may, upgrade: verify}\ndestinations:\n  - {match: named.test, level: may}\n"), ev)
+	b, _, _ := newTestPinBook(t, nil)
+	e.pins = b
+	if _, err := b.add("pinned.test", "verify"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for key, want := range map[string]string{
+		"pinned.test":  "verify protocols=>=TLSv1.2",
+		"named.test":   "may",
+		"unknown.test": "may", // no evidence within probe.wait: the floor
+	} {
+		got := e.LookupTable(ctx, rules.MapTLSPolicy, []byte(key))
+		if got.Text != want {
+			t.Errorf("%s = %q, want %q", key, got.Text, want)
+		}
+	}
+	if d := e.Peek("named.test"); !strings.Contains(d.Explain(), "gathered in the background") {
+		t.Errorf("why: %s", d.Explain())
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if len(ev.waited) != 1 || ev.waited[0].Key() != "unknown.test" {
+		t.Errorf("lookups that waited for a probe: %v, want only unknown.test", ev.waited)
+	}
+	prefetched := map[string]bool{}
+	for _, p := range ev.prefetched {
+		prefetched[p.Key()] = true
+	}
+	if !prefetched["pinned.test"] || !prefetched["named.test"] {
+		t.Errorf("prefetched %v, want pinned.test and named.test gathered in the background", prefetched)
+	}
+}
