@@ -302,7 +302,12 @@ func TestDiscover(t *testing.T) {
 	add("nonsts.test", "v=spf1 -all", "hello")
 	add("several.test", "v=STSv1; id=one", "v=STSv1; id=two")
 	add("invalid.test", "v=STSv1; id=not-alnum")
-	add("invalid2.test", "v=STSv1 id=abc")
+	add("invalid2.test", "v=STSv1; id=abc ") // counted, then invalid
+	// Records that do not begin with "v=STSv1;" are discarded before
+	// counting (section 3.1), so they neither hide a valid one nor count.
+	add("bare.test", "v=STSv1", "v=STSv1; id=valid")
+	add("spacedsep.test", "v=STSv1 ; id=spaced", "v=STSv1; id=valid")
+	add("nosep.test", "v=STSv1 id=abc")
 	w.dns.AddA("nodata.test", "192.0.2.1")
 	w.dns.AddA("_mta-sts.nodata2.test", "192.0.2.1")
 	w.dns.SetRcode("_mta-sts.servfail.test", dns.RcodeServerFailure)
@@ -333,6 +338,9 @@ func TestDiscover(t *testing.T) {
 		{"several.test", "", false, ErrMultipleRecords},
 		{"invalid.test", "", false, ErrInvalidRecord},
 		{"invalid2.test", "", false, ErrInvalidRecord},
+		{"bare.test", "valid", true, nil},
+		{"spacedsep.test", "valid", true, nil},
+		{"nosep.test", "", false, nil},
 		{"servfail.test", "", false, ErrDNS},
 		{"refused.test", "", false, ErrDNS},
 	}

@@ -9,10 +9,11 @@ import (
 )
 
 // FuzzParsePolicy checks that the policy parser never panics, fails only
-// with its sentinels, and that what it accepts is well formed: a known
-// mode, a bounded max_age, valid lower-case patterns (at least one unless
-// mode none), and a Text form that parses back to the same policy. The
-// committed corpus is in testdata/fuzz/FuzzParsePolicy.
+// with its sentinels, and that what it accepts is well formed: lines ended
+// by LF or CRLF with no blank line and no other control character than
+// tab, a known mode, a bounded max_age, valid lower-case patterns (at least
+// one unless mode none), and a Text form that parses back to the same
+// policy. The committed corpus is in testdata/fuzz/FuzzParsePolicy.
 func FuzzParsePolicy(f *testing.F) {
 	for _, s := range []string{
 		"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 604800\n",
@@ -21,6 +22,8 @@ func FuzzParsePolicy(f *testing.F) {
 		"version: STSv1\nmode: enforce\nmode: none\nmx: a.example\nmax_age: 31557600\nx-ext: v a l\n",
 		"version: STSv1\nmode: enforce\nmx: *.*.example.com\nmax_age: 60\n",
 		"\n\nversion:STSv1\t\nmode:enforce \nmx:A.EXAMPLE.\nmax_age:0\n\n",
+		"version:STSv1\t\nmode:enforce \r\nmx:A.EXAMPLE\nx: a b\t\nmax_age:0",
+		"version: STSv1\nmode: none\nx: a\tb\nmax_age: 60\r",
 	} {
 		f.Add([]byte(s))
 	}
@@ -31,6 +34,13 @@ func FuzzParsePolicy(f *testing.F) {
 				t.Fatalf("error %v matches no sentinel", err)
 			}
 			return
+		}
+		text := string(body)
+		if strings.HasPrefix(text, "\n") || strings.HasPrefix(text, "\r\n") || strings.Contains(text, "\n\n") || strings.Contains(text, "\n\r\n") {
+			t.Fatalf("blank line accepted in %q", text)
+		}
+		if strings.ContainsFunc(strings.ReplaceAll(text, "\r\n", "\n"), func(r rune) bool { return r < 0x20 && r != '\t' && r != '\n' || r == 0x7f }) {
+			t.Fatalf("control character accepted in %q", text)
 		}
 		if p.Version != Version || p.Mode > ModeEnforce || p.MaxAge < 0 || p.MaxAge > MaxMaxAge || p.MaxAge%time.Second != 0 {
 			t.Fatalf("accepted %+v", p)
@@ -57,9 +67,10 @@ func FuzzParsePolicy(f *testing.F) {
 }
 
 // FuzzParseTXT checks that the record parser never panics, fails only with
-// ErrInvalidRecord, returns ids of 1 to 32 letters and digits, and accepts
-// only what isSTSRecord counts. The committed corpus is in
-// testdata/fuzz/FuzzParseTXT.
+// ErrInvalidRecord, returns ids of 1 to 32 letters and digits, accepts only
+// what isSTSRecord counts (records beginning with "v=STSv1;") and no record
+// that ends in a space or tab after its last field. The committed corpus is
+// in testdata/fuzz/FuzzParseTXT.
 func FuzzParseTXT(f *testing.F) {
 	for _, s := range []string{
 		"v=STSv1; id=20160831085700Z;",
@@ -69,6 +80,9 @@ func FuzzParseTXT(f *testing.F) {
 		"v=STSv1;; id=abc",
 		"id=abc; v=STSv1",
 		"v=STSv1; id=" + strings.Repeat("9", 33),
+		"v=STSv1",
+		"v=STSv1; id=abc ",
+		"v=STSv1;id=abc ;\t",
 	} {
 		f.Add(s)
 	}
@@ -85,6 +99,9 @@ func FuzzParseTXT(f *testing.F) {
 		}
 		if !isSTSRecord(txt) {
 			t.Fatalf("%q parsed but would not be counted as an MTA-STS record", txt)
+		}
+		if trimmed := strings.TrimRight(txt, " \t"); trimmed != txt && !strings.HasSuffix(trimmed, ";") {
+			t.Fatalf("%q parsed with spaces or tabs after its last field", txt)
 		}
 		if again, err := ParseTXT("v=STSv1; id=" + id); err != nil || again != id {
 			t.Fatalf("id %q does not round-trip: %q, %v", id, again, err)

@@ -143,23 +143,38 @@ func (p Policy) Text() []byte {
 	return b.Bytes()
 }
 
-// ParsePolicy parses a policy body (RFC 8461 section 3.2): "key: value"
-// lines ended by LF or CRLF. It is strict where meaning is at stake and
-// lenient only where it is not:
+// ParsePolicy parses a policy body (RFC 8461 section 3.2) and follows the
+// section's ABNF exactly:
 //
+//	sts-policy-record      = sts-policy-field *WSP
+//	                         *(sts-policy-term sts-policy-field *WSP)
+//	                         [sts-policy-term]
+//	sts-policy-term        = LF / CRLF
+//	sts-policy-field-delim = ":" *WSP
+//	sts-policy-ext-name    = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
+//
+// Hence:
+//
+//   - each line is one "name:value" field, ended by LF or CRLF (both may
+//     be mixed); the last line may lack its line end, but a CR that is not
+//     followed by LF is refused wherever it is;
+//   - spaces and tabs may follow the ':' and end a line, nowhere else: not
+//     before the name, not before the ':';
+//   - blank lines, including an extra line end at the end of the body, are
+//     refused: the grammar has a field after every line end but the last;
 //   - version (exactly "STSv1"), mode ("none", "testing" or "enforce") and
-//     max_age (1 to 10 digits, at most MaxMaxAge) are required; keys and
-//     values are case-sensitive, as the RFC's ABNF (%s) says;
-//   - at least one mx line is required unless the mode is none; each must be
-//     a host name or "*." and a host name, in ASCII: "*.*.example.com",
-//     "mx*.example.com" or an empty pattern make the policy invalid;
-//   - a repeated version, mode or max_age: the first one counts and the
-//     others are ignored, as section 3.2 requires ("senders MUST ignore all
-//     but the first instance"); mx may repeat, and duplicates are dropped;
-//   - unknown keys are ignored (section 3.2) but must still be well formed;
-//   - blank lines, whitespace at the end of lines and a trailing dot on an
-//     mx pattern are tolerated: they change nothing, and a policy refused
-//     for them would leave the domain unprotected;
+//     max_age (1 to 10 digits, and at most MaxMaxAge as the prose says) are
+//     required; names and values are case-sensitive, as the ABNF's %s says;
+//   - at least one mx line is required unless the mode is none; each is
+//     sts-policy-mx-value, ["*."] and an RFC 5321 Domain in ASCII:
+//     "*.*.example.com", "mx*.example.com", "mx.example.com." (trailing dot)
+//     or an empty pattern make the policy invalid;
+//   - a repeated version, mode or max_age is ignored, as section 3.2
+//     requires ("all entries except for the first SHALL be ignored"), and
+//     need only be well formed as an extension field, which every
+//     "name:value" line must be; mx may repeat, and duplicates are dropped;
+//   - unknown fields are ignored (section 3.2) but must be well formed: an
+//     sts-policy-ext-name and an sts-policy-ext-value (see validExtValue);
 //   - a body larger than MaxPolicySize is refused with ErrTooLarge.
 //
 // Other errors wrap ErrInvalidPolicy and name the line.
@@ -167,16 +182,24 @@ func ParsePolicy(body []byte) (Policy, error) {
 	if len(body) > MaxPolicySize {
 		return Policy{}, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), MaxPolicySize)
 	}
+	if len(body) == 0 {
+		return Policy{}, fmt.Errorf("%w: empty body", ErrInvalidPolicy)
+	}
 	var p Policy
 	var haveVersion, haveMode, haveMaxAge bool
 	invalid := func(n int, format string, args ...any) (Policy, error) {
 		return Policy{}, fmt.Errorf("%w: line %d: %s", ErrInvalidPolicy, n, fmt.Sprintf(format, args...))
 	}
-	for i, raw := range bytes.Split(body, []byte("\n")) {
+	// The optional final sts-policy-term; every other LF ends a line too.
+	text, endsInLF := strings.CutSuffix(string(body), "\n")
+	lines := strings.Split(text, "\n")
+	for i, line := range lines {
 		n := i + 1
-		line := strings.TrimSuffix(string(raw), "\r")
+		if i < len(lines)-1 || endsInLF {
+			line = strings.TrimSuffix(line, "\r") // CRLF
+		}
 		if strings.Trim(line, " \t") == "" {
-			continue
+			return invalid(n, "blank line")
 		}
 		key, value, ok := strings.Cut(line, ":")
 		if !ok {
@@ -187,37 +210,33 @@ func ParsePolicy(body []byte) (Policy, error) {
 		}
 		// sts-policy-field-delim is ":" *WSP, and *WSP may end the line.
 		value = strings.Trim(value, " \t")
-		switch key {
-		case "version":
-			if haveVersion {
-				continue
+		repeated := key == "version" && haveVersion || key == "mode" && haveMode || key == "max_age" && haveMaxAge
+		switch {
+		case repeated:
+			if !validExtValue(value) {
+				return invalid(n, "invalid value for repeated %q", key)
 			}
+		case key == "version":
 			haveVersion = true
 			if value != Version {
 				return invalid(n, "version %q, want %q", clip(value), Version)
 			}
 			p.Version = value
-		case "mode":
-			if haveMode {
-				continue
-			}
+		case key == "mode":
 			haveMode = true
 			m := slices.Index(modeNames[:], value)
 			if m < 0 {
 				return invalid(n, "mode %q, want none, testing or enforce", clip(value))
 			}
 			p.Mode = Mode(m)
-		case "max_age":
-			if haveMaxAge {
-				continue
-			}
+		case key == "max_age":
 			haveMaxAge = true
 			d, err := parseMaxAge(value)
 			if err != nil {
 				return invalid(n, "%v", err)
 			}
 			p.MaxAge = d
-		case "mx":
+		case key == "mx":
 			pat, err := parsePattern(value)
 			if err != nil {
 				return invalid(n, "%v", err)
@@ -260,14 +279,14 @@ func parseMaxAge(s string) (time.Duration, error) {
 }
 
 // parsePattern reads sts-policy-mx-value, ["*."] Domain (RFC 8461 section
-// 3.2, Domain from RFC 5321 section 4.1.2), and returns it in lower case.
+// 3.2, Domain from RFC 5321 section 4.1.2, which has no trailing dot), and
+// returns it in lower case.
 func parsePattern(s string) (string, error) {
 	pat := strings.ToLower(s)
 	prefix := ""
 	if rest, ok := strings.CutPrefix(pat, "*."); ok {
 		prefix, pat = "*.", rest
 	}
-	pat = strings.TrimSuffix(pat, ".")
 	if !validHostname(pat) {
 		return "", fmt.Errorf("mx pattern %q is not a host name or *. and a host name", clip(s))
 	}
@@ -308,15 +327,24 @@ func validFieldName(s string) bool {
 	return true
 }
 
-// validExtValue reports whether s is an sts-policy-ext-value: visible ASCII
-// or UTF-8, with spaces and tabs only between visible characters (the
-// caller has trimmed the ends).
+// validExtValue reports whether s is an sts-policy-ext-value:
+//
+//	sts-policy-ext-value = sts-policy-vchar
+//	                       [*(%x20 / sts-policy-vchar) sts-policy-vchar]
+//	sts-policy-vchar     = %x21-7E / UTF8-2 / UTF8-3 / UTF8-4
+//
+// that is visible ASCII or UTF-8 (RFC 3629), with plain spaces only between
+// them: no tab, no other ASCII control character, no DEL, and no space at
+// either end (spaces and tabs around a value belong to the line's *WSP,
+// which the caller has trimmed). UTF8-2 includes U+0080 to U+009F; the
+// grammar allows them, so this does too.
 func validExtValue(s string) bool {
-	if s == "" || !utf8.ValidString(s) {
+	if s == "" || s[0] == ' ' || s[len(s)-1] == ' ' || !utf8.ValidString(s) {
 		return false
 	}
-	for _, r := range s {
-		if r < 0x20 && r != '\t' || r == 0x7f {
+	for i := 0; i < len(s); i++ {
+		// Bytes of multi-byte UTF-8 sequences are all 0x80 or more.
+		if c := s[i]; c < 0x20 || c == 0x7f {
 			return false
 		}
 	}

@@ -54,8 +54,13 @@ func TestParsePolicy(t *testing.T) {
 			mode: ModeEnforce, mx: []string{"mx.example.org"},
 		},
 		{
-			name: "blank lines tolerated",
-			body: "\nversion: STSv1\n\n  \nmode: enforce\r\n\r\nmx: mx.example.org\nmax_age: 60\n\n\n",
+			name: "no space after the colon, spaces and tabs before the line end",
+			body: "version:STSv1\t\r\nmode:enforce \t \r\nmx:mx.example.org \nmax_age:60\t",
+			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
+		},
+		{
+			name: "extension values: inner spaces, punctuation, UTF-8 (C1 controls are UTF8-2)",
+			body: "version: STSv1\nmode: enforce\nx: a  b c \t\ny: a=b;c:d!~\nz: é\u0085€📧\nmx: mx.example.org\nmax_age: 60\n",
 			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
 		},
 		{
@@ -64,8 +69,8 @@ func TestParsePolicy(t *testing.T) {
 			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute,
 		},
 		{
-			name: "mx repeated, duplicates dropped, trailing dot tolerated",
-			body: "version: STSv1\nmode: enforce\nmx: a.example.org\nmx: A.example.org.\nmx: *.example.org\nmax_age: 60\n",
+			name: "mx repeated, duplicates dropped",
+			body: "version: STSv1\nmode: enforce\nmx: a.example.org\nmx: A.example.org\nmx: *.example.org\nmax_age: 60\n",
 			mode: ModeEnforce, mx: []string{"a.example.org", "*.example.org"}, maxAge: time.Minute,
 		},
 		{
@@ -84,6 +89,21 @@ func TestParsePolicy(t *testing.T) {
 			mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: 86400 * time.Second,
 		},
 		{name: "empty", body: "", err: ErrInvalidPolicy},
+		{name: "only a line end", body: "\n", err: ErrInvalidPolicy},
+		{name: "only a CRLF", body: "\r\n", err: ErrInvalidPolicy},
+		// sts-policy-record has a field after every line end but the last.
+		{name: "blank line", body: "version: STSv1\nmode: enforce\n\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "blank line CRLF", body: "version: STSv1\r\nmode: enforce\r\n\r\nmx: mx.example.org\r\nmax_age: 60\r\n", err: ErrInvalidPolicy},
+		{name: "leading blank line", body: "\nversion: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "whitespace-only line", body: "version: STSv1\n \t\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "two line ends at the end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n\n", err: ErrInvalidPolicy},
+		{name: "two CRLFs at the end", body: "version: STSv1\r\nmode: enforce\r\nmx: mx.example.org\r\nmax_age: 60\r\n\r\n", err: ErrInvalidPolicy},
+		{name: "whitespace after the last line end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n ", err: ErrInvalidPolicy},
+		// sts-policy-term is LF or CRLF: a CR alone ends nothing.
+		{name: "bare CR at the end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\r", err: ErrInvalidPolicy},
+		{name: "CR CR LF", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\r\r\n", err: ErrInvalidPolicy},
+		{name: "CR before the trailing whitespace", body: "version: STSv1\r \nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "bare CR inside an extension value", body: "version: STSv1\nmode: enforce\nx: a\rb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "missing version", body: "mode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "missing mode", body: "version: STSv1\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "missing max_age", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\n", err: ErrInvalidPolicy},
@@ -98,6 +118,13 @@ func TestParsePolicy(t *testing.T) {
 		{name: "max_age plus sign", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: +60\n", err: ErrInvalidPolicy},
 		{name: "max_age not numeric", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 1w\n", err: ErrInvalidPolicy},
 		{name: "max_age empty", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age:\n", err: ErrInvalidPolicy},
+		{name: "max_age inner space", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 6 0\n", err: ErrInvalidPolicy},
+		{name: "version with more", body: "version: STSv1 x\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mode with a tab inside", body: "version: STSv1\nmode: en\tforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		// A repeat is ignored but must still be a well-formed field.
+		{name: "repeated mode with a control character", body: "version: STSv1\nmode: enforce\nmode: a\x01b\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "repeated version with a tab inside", body: "version: STSv1\nversion: STS\tv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "repeated max_age empty", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\nmax_age:\n", err: ErrInvalidPolicy},
 		{name: "enforce without mx", body: "version: STSv1\nmode: enforce\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "testing without mx", body: "version: STSv1\nmode: testing\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "double wildcard", body: "version: STSv1\nmode: enforce\nmx: *.*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
@@ -111,14 +138,29 @@ func TestParsePolicy(t *testing.T) {
 		{name: "mx hyphen at label end", body: "version: STSv1\nmode: enforce\nmx: mx-.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "mx U-label", body: "version: STSv1\nmode: enforce\nmx: mx.exämple.com\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "mx label too long", body: "version: STSv1\nmode: enforce\nmx: " + strings.Repeat("a", 64) + ".example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: mx.example.org.\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "wildcard mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: *.example.org.\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx root", body: "version: STSv1\nmode: enforce\nmx: .\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx with a tab inside", body: "version: STSv1\nmode: enforce\nmx: mx\t.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "bad mx in mode none", body: "version: STSv1\nmode: none\nmx: mx*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "line without colon", body: "version: STSv1\nmode: enforce\nmx mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "space before colon", body: "version : STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "tab before colon", body: "version\t: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "leading whitespace", body: " version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "leading tab", body: "version: STSv1\n\tmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "comment line", body: "# policy\nversion: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "bad extension name", body: "version: STSv1\nmode: enforce\n_x: y\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "extension name too long", body: "version: STSv1\nmode: enforce\n" + strings.Repeat("x", 33) + ": y\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "empty extension value", body: "version: STSv1\nmode: enforce\nx:\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		// sts-policy-ext-value: visible characters and plain spaces only.
+		{name: "tab inside an extension value", body: "version: STSv1\nmode: enforce\nx: a\tb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "space and tab inside an extension value", body: "version: STSv1\nmode: enforce\nx: a \t b\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "vertical tab in an extension value", body: "version: STSv1\nmode: enforce\nx: a\vb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "form feed in an extension value", body: "version: STSv1\nmode: enforce\nx: a\fb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "escape in an extension value", body: "version: STSv1\nmode: enforce\nx: a\x1bb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "DEL in an extension value", body: "version: STSv1\nmode: enforce\nx: a\x7fb\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "UTF-16 surrogate in an extension value", body: "version: STSv1\nmode: enforce\nx: \xed\xa0\x80\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "overlong UTF-8 in an extension value", body: "version: STSv1\nmode: enforce\nx: \xc0\xaf\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "control character", body: "version: STSv1\nmode: enforce\nx: a\x00b\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "invalid UTF-8", body: "version: STSv1\nmode: enforce\nx: \xff\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "bare CR inside a line", body: "version: STSv1\rmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
@@ -148,6 +190,38 @@ func TestParsePolicy(t *testing.T) {
 				t.Errorf("ParsePolicy set ID %q or FetchedAt %v", p.ID, p.FetchedAt)
 			}
 		})
+	}
+}
+
+// validExtValue is sts-policy-ext-value exactly, including the ends that
+// ParsePolicy trims before calling it.
+func TestValidExtValue(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]bool{
+		"a":            true,
+		"a b":          true,
+		"a  b":         true,
+		"!~=;:#":       true,
+		"ça va":        true,
+		"\u0085":       true, // UTF8-2
+		"\U0001F4E7":   true, // UTF8-4
+		"":             false,
+		" ":            false,
+		" a":           false,
+		"a ":           false,
+		"a\tb":         false,
+		"\ta":          false,
+		"a\x00b":       false,
+		"a\x1fb":       false,
+		"a\x7fb":       false,
+		"a\rb":         false,
+		"a\nb":         false,
+		"\xff":         false,
+		"\xed\xa0\x80": false, // a surrogate: not UTF8-3
+	} {
+		if got := validExtValue(s); got != want {
+			t.Errorf("validExtValue(%q) = %v, want %v", s, got, want)
+		}
 	}
 }
 
