@@ -11,7 +11,8 @@ import (
 // FuzzParsePolicy checks that the policy parser never panics, fails only
 // with its sentinels, and that what it accepts is well formed: a known
 // mode, a bounded max_age, valid lower-case patterns (at least one unless
-// mode none), and a Text form that parses back to the same policy. The
+// mode none), lines kept as they appear in the body, and a Text form that
+// parses back to the same policy. The
 // committed corpus is in testdata/fuzz/FuzzParsePolicy.
 func FuzzParsePolicy(f *testing.F) {
 	for _, s := range []string{
@@ -37,6 +38,14 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 		if p.Mode != ModeNone && len(p.MX) == 0 {
 			t.Fatalf("mode %v without mx accepted", p.Mode)
+		}
+		if len(p.Lines) < 3 {
+			t.Fatalf("%d lines kept, want at least version, mode and max_age", len(p.Lines))
+		}
+		for _, l := range p.ReportLines() {
+			if l == "" || strings.ContainsAny(l, "\r\n") || strings.TrimRight(l, " \t") != l || !strings.Contains(string(body), l) {
+				t.Fatalf("line %q kept from %q", l, body)
+			}
 		}
 		for _, pat := range p.MX {
 			if pat != strings.ToLower(pat) || !validHostname(strings.TrimPrefix(pat, "*.")) {

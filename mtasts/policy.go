@@ -72,6 +72,12 @@ type Policy struct {
 	ID string
 	// FetchedAt is when the policy was fetched; it expires MaxAge later.
 	FetchedAt time.Time
+	// Lines are the policy's lines as fetched, in order, repeated and
+	// ignored ones included: without the line end and the white space
+	// before it, blank lines left out. TLS reports quote the policy with
+	// them (RFC 8460 section 4.4, "policy-string"; see ReportLines).
+	// ParsePolicy sets them.
+	Lines []string
 }
 
 // Expires returns when the policy stops applying: FetchedAt plus MaxAge.
@@ -143,6 +149,16 @@ func (p Policy) Text() []byte {
 	return b.Bytes()
 }
 
+// ReportLines returns the policy as a TLS report quotes it: Lines, or for
+// a policy that has none (built in code, or stored before Lines existed)
+// the lines of Text.
+func (p Policy) ReportLines() []string {
+	if len(p.Lines) > 0 {
+		return p.Lines
+	}
+	return strings.Split(strings.TrimSuffix(string(p.Text()), "\n"), "\n")
+}
+
 // ParsePolicy parses a policy body (RFC 8461 section 3.2): "key: value"
 // lines ended by LF or CRLF. It is strict where meaning is at stake and
 // lenient only where it is not:
@@ -162,7 +178,8 @@ func (p Policy) Text() []byte {
 //     for them would leave the domain unprotected;
 //   - a body larger than MaxPolicySize is refused with ErrTooLarge.
 //
-// Other errors wrap ErrInvalidPolicy and name the line.
+// The policy keeps its non-blank lines in Lines. Other errors wrap
+// ErrInvalidPolicy and name the line.
 func ParsePolicy(body []byte) (Policy, error) {
 	if len(body) > MaxPolicySize {
 		return Policy{}, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), MaxPolicySize)
@@ -178,6 +195,7 @@ func ParsePolicy(body []byte) (Policy, error) {
 		if strings.Trim(line, " \t") == "" {
 			continue
 		}
+		p.Lines = append(p.Lines, strings.TrimRight(line, " \t"))
 		key, value, ok := strings.Cut(line, ":")
 		if !ok {
 			return invalid(n, "no ':' in %q", clip(line))

@@ -164,6 +164,29 @@ func TestParsePolicySizeLimit(t *testing.T) {
 	}
 }
 
+// Lines keep the policy as fetched, for TLS reports: every non-blank
+// line in order, repeated, ignored and unknown ones included, without
+// line ends and trailing white space; the mx patterns are not normalised.
+func TestPolicyLines(t *testing.T) {
+	t.Parallel()
+	body := "\nversion: STSv1\r\nmode:\tenforce \r\n\r\n  \nmx: MX.Example.ORG.\nmx: mx.example.org\nx-note: a  b, {c}\t\nmode: none\nmax_age:604800"
+	p, err := ParsePolicy([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"version: STSv1", "mode:\tenforce", "mx: MX.Example.ORG.", "mx: mx.example.org", "x-note: a  b, {c}", "mode: none", "max_age:604800"}
+	if !slices.Equal(p.Lines, want) || !slices.Equal(p.ReportLines(), want) {
+		t.Errorf("Lines = %q, ReportLines = %q; want %q", p.Lines, p.ReportLines(), want)
+	}
+	// A policy without Lines (built in code, or stored before they
+	// existed) is reported as Text writes it.
+	p.Lines = nil
+	want = []string{"version: STSv1", "mode: enforce", "mx: mx.example.org", "max_age: 604800"}
+	if got := p.ReportLines(); !slices.Equal(got, want) {
+		t.Errorf("ReportLines without Lines = %q, want %q", got, want)
+	}
+}
+
 // Text writes what ParsePolicy reads back unchanged.
 func TestPolicyTextRoundTrip(t *testing.T) {
 	t.Parallel()
