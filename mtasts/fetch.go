@@ -202,7 +202,7 @@ func (f *Fetcher) port() uint16 {
 
 // Discover looks up the TXT record at "_mta-sts.<domain>" and returns the
 // policy id it publishes (RFC 8461 section 3.1). Records that do not begin
-// with "v=STSv1" are not MTA-STS records and are ignored.
+// with "v=STSv1;" are not MTA-STS records and are ignored.
 //
 //   - No record, or a domain that does not exist: found is false, err nil.
 //   - More than one MTA-STS record: ErrMultipleRecords; an invalid one:

@@ -72,6 +72,12 @@ type Policy struct {
 	ID string
 	// FetchedAt is when the policy was fetched; it expires MaxAge later.
 	FetchedAt time.Time
+	// Lines are the policy's lines as fetched, in order, repeated and
+	// ignored ones included: without the line end and the white space
+	// before it, blank lines left out. TLS reports quote the policy with
+	// them (RFC 8460 section 4.4, "policy-string"; see ReportLines).
+	// ParsePolicy sets them.
+	Lines []string
 }
 
 // Expires returns when the policy stops applying: FetchedAt plus MaxAge.
@@ -143,6 +149,16 @@ func (p Policy) Text() []byte {
 	return b.Bytes()
 }
 
+// ReportLines returns the policy as a TLS report quotes it: Lines, or for
+// a policy that has none (built in code, or stored before Lines existed)
+// the lines of Text.
+func (p Policy) ReportLines() []string {
+	if len(p.Lines) > 0 {
+		return p.Lines
+	}
+	return strings.Split(strings.TrimSuffix(string(p.Text()), "\n"), "\n")
+}
+
 // ParsePolicy parses a policy body (RFC 8461 section 3.2) and follows the
 // section's ABNF exactly:
 //
@@ -160,15 +176,17 @@ func (p Policy) Text() []byte {
 //     followed by LF is refused wherever it is;
 //   - spaces and tabs may follow the ':' and end a line, nowhere else: not
 //     before the name, not before the ':';
-//   - blank lines, including an extra line end at the end of the body, are
-//     refused: the grammar has a field after every line end but the last;
+//   - blank lines (an extra line end at the end of the body, say) are
+//     outside the grammar but tolerated, and so is a trailing dot on an mx
+//     pattern: they change nothing, and refusing the policy for them would
+//     leave the domain with less protection than it asked for;
 //   - version (exactly "STSv1"), mode ("none", "testing" or "enforce") and
 //     max_age (1 to 10 digits, and at most MaxMaxAge as the prose says) are
 //     required; names and values are case-sensitive, as the ABNF's %s says;
 //   - at least one mx line is required unless the mode is none; each is
 //     sts-policy-mx-value, ["*."] and an RFC 5321 Domain in ASCII:
-//     "*.*.example.com", "mx*.example.com", "mx.example.com." (trailing dot)
-//     or an empty pattern make the policy invalid;
+//     "*.*.example.com", "mx*.example.com" or an empty pattern make the
+//     policy invalid;
 //   - a repeated version, mode or max_age is ignored, as section 3.2
 //     requires ("all entries except for the first SHALL be ignored"), and
 //     need only be well formed as an extension field, which every
@@ -177,7 +195,8 @@ func (p Policy) Text() []byte {
 //     sts-policy-ext-name and an sts-policy-ext-value (see validExtValue);
 //   - a body larger than MaxPolicySize is refused with ErrTooLarge.
 //
-// Other errors wrap ErrInvalidPolicy and name the line.
+// The policy keeps its non-blank lines in Lines. Other errors wrap
+// ErrInvalidPolicy and name the line.
 func ParsePolicy(body []byte) (Policy, error) {
 	if len(body) > MaxPolicySize {
 		return Policy{}, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), MaxPolicySize)
@@ -199,8 +218,9 @@ func ParsePolicy(body []byte) (Policy, error) {
 			line = strings.TrimSuffix(line, "\r") // CRLF
 		}
 		if strings.Trim(line, " \t") == "" {
-			return invalid(n, "blank line")
+			continue // blank lines change nothing (see the doc comment)
 		}
+		p.Lines = append(p.Lines, strings.TrimRight(line, " \t"))
 		key, value, ok := strings.Cut(line, ":")
 		if !ok {
 			return invalid(n, "no ':' in %q", clip(line))
@@ -279,10 +299,10 @@ func parseMaxAge(s string) (time.Duration, error) {
 }
 
 // parsePattern reads sts-policy-mx-value, ["*."] Domain (RFC 8461 section
-// 3.2, Domain from RFC 5321 section 4.1.2, which has no trailing dot), and
-// returns it in lower case.
+// 3.2, Domain from RFC 5321 section 4.1.2), and returns it in lower case,
+// without a trailing dot, which the grammar has not but some publish.
 func parsePattern(s string) (string, error) {
-	pat := strings.ToLower(s)
+	pat := strings.TrimSuffix(strings.ToLower(s), ".") // tolerated, see ParsePolicy
 	prefix := ""
 	if rest, ok := strings.CutPrefix(pat, "*."); ok {
 		prefix, pat = "*.", rest

@@ -92,13 +92,13 @@ func TestParsePolicy(t *testing.T) {
 		{name: "only a line end", body: "\n", err: ErrInvalidPolicy},
 		{name: "only a CRLF", body: "\r\n", err: ErrInvalidPolicy},
 		// sts-policy-record has a field after every line end but the last.
-		{name: "blank line", body: "version: STSv1\nmode: enforce\n\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
-		{name: "blank line CRLF", body: "version: STSv1\r\nmode: enforce\r\n\r\nmx: mx.example.org\r\nmax_age: 60\r\n", err: ErrInvalidPolicy},
-		{name: "leading blank line", body: "\nversion: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
-		{name: "whitespace-only line", body: "version: STSv1\n \t\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
-		{name: "two line ends at the end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n\n", err: ErrInvalidPolicy},
-		{name: "two CRLFs at the end", body: "version: STSv1\r\nmode: enforce\r\nmx: mx.example.org\r\nmax_age: 60\r\n\r\n", err: ErrInvalidPolicy},
-		{name: "whitespace after the last line end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n ", err: ErrInvalidPolicy},
+		{name: "blank line", body: "version: STSv1\nmode: enforce\n\nmx: mx.example.org\nmax_age: 60\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},                        // tolerated
+		{name: "blank line CRLF", body: "version: STSv1\r\nmode: enforce\r\n\r\nmx: mx.example.org\r\nmax_age: 60\r\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},         // tolerated
+		{name: "leading blank line", body: "\nversion: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},                // tolerated
+		{name: "whitespace-only line", body: "version: STSv1\n \t\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},           // tolerated
+		{name: "two line ends at the end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},          // tolerated
+		{name: "two CRLFs at the end", body: "version: STSv1\r\nmode: enforce\r\nmx: mx.example.org\r\nmax_age: 60\r\n\r\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},    // tolerated
+		{name: "whitespace after the last line end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\n ", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute}, // tolerated
 		// sts-policy-term is LF or CRLF: a CR alone ends nothing.
 		{name: "bare CR at the end", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\r", err: ErrInvalidPolicy},
 		{name: "CR CR LF", body: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 60\r\r\n", err: ErrInvalidPolicy},
@@ -138,8 +138,8 @@ func TestParsePolicy(t *testing.T) {
 		{name: "mx hyphen at label end", body: "version: STSv1\nmode: enforce\nmx: mx-.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "mx U-label", body: "version: STSv1\nmode: enforce\nmx: mx.exämple.com\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "mx label too long", body: "version: STSv1\nmode: enforce\nmx: " + strings.Repeat("a", 64) + ".example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
-		{name: "mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: mx.example.org.\nmax_age: 60\n", err: ErrInvalidPolicy},
-		{name: "wildcard mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: *.example.org.\nmax_age: 60\n", err: ErrInvalidPolicy},
+		{name: "mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: mx.example.org.\nmax_age: 60\n", mode: ModeEnforce, mx: []string{"mx.example.org"}, maxAge: time.Minute},        // tolerated
+		{name: "wildcard mx trailing dot", body: "version: STSv1\nmode: enforce\nmx: *.example.org.\nmax_age: 60\n", mode: ModeEnforce, mx: []string{"*.example.org"}, maxAge: time.Minute}, // tolerated
 		{name: "mx root", body: "version: STSv1\nmode: enforce\nmx: .\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "mx with a tab inside", body: "version: STSv1\nmode: enforce\nmx: mx\t.example.org\nmax_age: 60\n", err: ErrInvalidPolicy},
 		{name: "bad mx in mode none", body: "version: STSv1\nmode: none\nmx: mx*.example.com\nmax_age: 60\n", err: ErrInvalidPolicy},
@@ -235,6 +235,29 @@ func TestParsePolicySizeLimit(t *testing.T) {
 	}
 	if _, err := ParsePolicy([]byte(body + "a")); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("%d bytes: %v, want ErrTooLarge", len(body)+1, err)
+	}
+}
+
+// Lines keep the policy as fetched, for TLS reports: every non-blank
+// line in order, repeated, ignored and unknown ones included, without
+// line ends and trailing white space; the mx patterns are not normalised.
+func TestPolicyLines(t *testing.T) {
+	t.Parallel()
+	body := "\nversion: STSv1\r\nmode:\tenforce \r\n\r\n  \nmx: MX.Example.ORG.\nmx: mx.example.org\nx-note: a  b, {c}\t\nmode: none\nmax_age:604800"
+	p, err := ParsePolicy([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"version: STSv1", "mode:\tenforce", "mx: MX.Example.ORG.", "mx: mx.example.org", "x-note: a  b, {c}", "mode: none", "max_age:604800"}
+	if !slices.Equal(p.Lines, want) || !slices.Equal(p.ReportLines(), want) {
+		t.Errorf("Lines = %q, ReportLines = %q; want %q", p.Lines, p.ReportLines(), want)
+	}
+	// A policy without Lines (built in code, or stored before they
+	// existed) is reported as Text writes it.
+	p.Lines = nil
+	want = []string{"version: STSv1", "mode: enforce", "mx: mx.example.org", "max_age: 604800"}
+	if got := p.ReportLines(); !slices.Equal(got, want) {
+		t.Errorf("ReportLines without Lines = %q, want %q", got, want)
 	}
 }
 

@@ -26,7 +26,7 @@ type Decision struct {
 	// Pending is set when the rules or a pin answered at once and the
 	// evidence is being gathered in the background for later lookups.
 	Pending bool
-	Pin      *state.Pin // the destination's valid pin, if consulted
+	Pin     *state.Pin // the destination's valid pin, if consulted
 	// Published says which published policy (DANE, MTA-STS) decided, if
 	// one did.
 	Published string

@@ -1,6 +1,7 @@
 package policyd
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+	"github.com/tlspolicyd/tlspolicyd/wire"
 )
 
 // Findings is everything the daemon has gathered about one destination,
@@ -38,7 +40,9 @@ func (f Findings) Gathered() time.Time { return f.Probe.ProbedAt }
 // text that carries it, with why, if any source applies. DANE comes before
 // MTA-STS (RFC 8461 section 2: where both exist, DANE is used). A DANE
 // lookup that failed gives nothing here: the floor and the other evidence
-// hold.
+// hold. DANE answers carry no TLSRPT attributes, whatever postfix_version:
+// Postfix reports DANE from its own TLSA lookups, and refuses the
+// attributes on a policy that is not policy_type=sts (TLSRPT_README).
 func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f Findings) (rules.Level, string, string) {
 	s := rs.Settings
 	if s.DANEEnabled && rule.DANE {
@@ -52,18 +56,44 @@ func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f Findings) (rule
 		}
 	}
 	if s.MTASTSEnabled && rule.MTASTS && k.Kind == rules.KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
-		return rules.LevelSecure, renderSTS(*f.STS, s.MinimumTLS, s.PostfixVersion),
-			"MTA-STS policy in enforce mode (id " + f.STS.ID + ")"
+		text, note := renderSTS(*f.STS, k.Name, s.MinimumTLS, s.PostfixVersion)
+		return rules.LevelSecure, text, "MTA-STS policy in enforce mode (id " + f.STS.ID + ")" + note
 	}
 	return rules.LevelUnset, "", ""
 }
 
-// renderSTS writes an enforced MTA-STS policy as a Postfix "secure"
-// policy whose certificate names are the policy's mx patterns. servername=
-// needs Postfix 3.4 and protocols=>= 3.6; older releases get neither
-// attribute they cannot parse (SNI is then left out, which some servers
-// need; RFC 8461 section 4.2).
-func renderSTS(pol mtasts.Policy, minTLS string, v rules.Version) string {
+// renderSTS writes an enforced MTA-STS policy for recipient domain as a
+// Postfix "secure" policy whose certificate names are the policy's mx
+// patterns. servername= needs Postfix 3.4 and protocols=>= 3.6; older
+// releases get neither attribute they cannot parse (SNI is then left out,
+// which some servers need; RFC 8461 section 4.2).
+//
+// Postfix 3.10 and later also get the attributes its TLSRPT support needs
+// to report on the policy (TLSRPT_README, "MTA-STS Support via
+// smtp_tls_policy_maps"), after the others:
+//
+//	policy_type=sts policy_domain=DOMAIN
+//	mx_host_pattern=PATTERN ...        one per distinct mx pattern, as
+//	                                   in match= but "*.d" as written
+//	{ policy_string = LINE } ...       one per line of the policy as
+//	                                   fetched, in "{ }" when it holds a
+//	                                   separator (white space, comma)
+//
+// Postfix 3.10.5 and later (smtp_tls_enforce_sts_mx_patterns = yes) then
+// connect only to MX hosts that match a pattern and check the certificate
+// against the MX host name. Releases before 3.10 refuse these attributes
+// ("invalid attribute name") and defer the mail, so they never get them.
+//
+// The attributes are all or nothing: a pattern left out would make Postfix
+// refuse an MX host the policy allows. They are left out, and note says
+// why, when the answer with them would not fit every table type's reply
+// (wire.FitsEveryTable; the 4096 bytes Postfix reads from tcp_table are
+// the tighter limit, reached at about 26 mx lines), when Postfix would
+// refuse them (a policy_domain its valid_hostname() rejects) or when it
+// could crash on them (no mx pattern or no policy line); note is ""
+// otherwise. A policy line holding "{" or "}", which Postfix's parser
+// cannot carry, is left out of the policy_string lines alone.
+func renderSTS(pol mtasts.Policy, domain, minTLS string, v rules.Version) (text, note string) {
 	var b strings.Builder
 	b.WriteString("secure match=")
 	b.WriteString(pol.PostfixMatch())
@@ -71,5 +101,72 @@ func renderSTS(pol mtasts.Policy, minTLS string, v rules.Version) string {
 		b.WriteString(" servername=hostname")
 	}
 	b.WriteString(strings.TrimPrefix(rules.RenderPolicy(rules.LevelSecure, minTLS, v), "secure"))
-	return b.String()
+	if !v.AtLeast(3, 10) {
+		return b.String(), ""
+	}
+	plain := b.String()
+	if !validPostfixHostname(domain) {
+		return plain, "; TLSRPT attributes left out: Postfix would refuse policy_domain=" + domain
+	}
+	b.WriteString(" policy_type=sts")
+	appendAttr(&b, "policy_domain", domain)
+	for _, pat := range pol.MX {
+		appendAttr(&b, "mx_host_pattern", pat)
+	}
+	lines := 0
+	for _, line := range pol.ReportLines() {
+		if !strings.ContainsAny(line, "{}") {
+			appendAttr(&b, "policy_string", line)
+			lines++
+		}
+	}
+	// Postfix 3.10 crashed on policy_type=sts without an mx_host_pattern
+	// or without a policy_string until a fix of 20251027 (HISTORY).
+	if len(pol.MX) == 0 || lines == 0 {
+		return plain, "; TLSRPT attributes left out: no mx pattern or no policy line to send"
+	}
+	if text = b.String(); !wire.FitsEveryTable(text) {
+		return plain, fmt.Sprintf("; TLSRPT attributes left out: with them the answer would be %d bytes, more than a tcp_table reply can carry", len(text))
+	}
+	return text, ""
+}
+
+// appendAttr appends " name=value" to b, or " { name = value }" when value
+// holds a character that separates attributes in a Postfix TLS policy
+// (white space or a comma), the form Postfix 3.10 and later read
+// (TLSRPT_README). value must hold no "{" or "}".
+func appendAttr(b *strings.Builder, name, value string) {
+	if strings.ContainsAny(value, " \t\r\n,") {
+		b.WriteString(" { ")
+		b.WriteString(name)
+		b.WriteString(" = ")
+		b.WriteString(value)
+		b.WriteString(" }")
+		return
+	}
+	b.WriteString(" ")
+	b.WriteString(name)
+	b.WriteString("=")
+	b.WriteString(value)
+}
+
+// validPostfixHostname reports whether Postfix's valid_hostname() accepts
+// name, as it must for policy_domain=: letters, digits, '_', inner hyphens
+// and dots between labels of at most 63 bytes, 255 in all, not all digits.
+func validPostfixHostname(name string) bool {
+	if name == "" || len(name) > 255 || strings.Trim(name, "0123456789.") == "" {
+		return false
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }

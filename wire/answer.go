@@ -42,6 +42,34 @@ type Answer struct {
 	Label string
 }
 
+// PostfixTCPTableReplyMax is the longest tcp_table(5) reply line that
+// Postfix reads, newline included (DICT_TCP_MAXLEN in its dict_tcp.c). On
+// a longer line it logs "text longer than 4096", reconnects, tries up to
+// ten times and then defers the mail, whatever this daemon's own limit.
+const PostfixTCPTableReplyMax = 4096
+
+// FitsEveryTable reports whether text, as the value of an OK answer, fits
+// the reply of every Postfix table type the daemon serves, as Postfix
+// reads it: a socketmap reply ("OK " and text) of at most MaxNetstringLen
+// bytes, and a tcp_table reply line ("200 ", text %XX-quoted, newline) of
+// at most PostfixTCPTableReplyMax bytes. The engine keeps an answer with
+// optional attributes within it, so that no table type defers mail
+// because of them.
+func FitsEveryTable(text string) bool {
+	if len("OK ")+len(text) > MaxNetstringLen {
+		return false
+	}
+	n := len("200 \n")
+	for i := 0; i < len(text) && n <= PostfixTCPTableReplyMax; i++ {
+		if hexQuoted(text[i]) {
+			n += 3
+		} else {
+			n++
+		}
+	}
+	return n <= PostfixTCPTableReplyMax
+}
+
 // RcptChecker makes the RCPT-time decision ("may mail from sender go to
 // recipient?") and renders it as a Postfix access(5) action: ActionDunno,
 // "REJECT 5.7.10 ...", "DEFER_IF_PERMIT 4.7.10 ...", "FILTER ...". The

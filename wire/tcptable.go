@@ -155,7 +155,7 @@ const hexDigits = "0123456789ABCDEF"
 func appendHexQuoted(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		b := s[i]
-		if b == '%' || b <= ' ' || b >= 0x7f {
+		if hexQuoted(b) {
 			dst = append(dst, '%', hexDigits[b>>4], hexDigits[b&0xf])
 		} else {
 			dst = append(dst, b)
@@ -163,6 +163,9 @@ func appendHexQuoted(dst []byte, s string) []byte {
 	}
 	return dst
 }
+
+// hexQuoted reports whether appendHexQuoted writes b as %XX.
+func hexQuoted(b byte) bool { return b == '%' || b <= ' ' || b >= 0x7f }
 
 // appendHexUnquoted appends src with %XX sequences decoded (either case, as
 // Postfix's hex_unquote() accepts) to dst. dst may be src[:0]: decoding
