@@ -44,7 +44,7 @@ type Prober struct {
 	MinVersion   uint16
 	Timeout      time.Duration // whole probe of one target
 	StepTimeout  time.Duration // connect, banner, EHLO, STARTTLS, handshake: each
-	AllowPrivate bool          // allow loopback and private addresses (tests)
+	AllowPrivate bool          // allow loopback and private addresses (probe.allow_private; tests)
 	MaxHosts     int
 	MaxAddrs     int
 	Metrics      *Metrics // nil: no metrics

@@ -28,6 +28,13 @@ const (
 	maxPreTLS     = 64 << 10 // bytes read before the handshake
 )
 
+// privateRefusedDetail follows a refused address in HostReport.Detail. It
+// names the setting that allows such addresses, so that a postmaster who
+// sees the refusal (probe command, status page, log) knows it was a choice
+// and where it is made: an MX at a private address is usually a test
+// set-up or a DNS record pointing somewhere it should not (SSRF).
+const privateRefusedDetail = " is not a public address: refused (probe.allow_private: false)"
+
 // probeError carries a Cause with the error behind it.
 type probeError struct {
 	cause Cause
@@ -135,7 +142,7 @@ func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr n
 	h = HostReport{Host: host, Preference: pref, Addr: addr}
 	defer func() { h.Duration = p.now().Sub(start) }()
 	if !p.AllowPrivate && !dnsclient.IsPublic(addr.Addr()) {
-		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+" is not a public address"
+		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+privateRefusedDetail
 		p.Metrics.refusedPrivate()
 		return h
 	}

@@ -20,6 +20,7 @@ func runCLI(t *testing.T, dir string, args ...string) (int, string) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, daemonBin, args...)
 	cmd.Dir = dir
+	cmd.Env = daemonEnv
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("tlspolicyd %s: did not finish within 30s; output:\n%s", strings.Join(args, " "), out)
@@ -28,6 +29,7 @@ func runCLI(t *testing.T, dir string, args ...string) (int, string) {
 	if err != nil && !errors.As(err, &ee) {
 		t.Fatalf("running tlspolicyd: %v", err)
 	}
+	checkRaces(t, "tlspolicyd "+strings.Join(args, " "), string(out))
 	return cmd.ProcessState.ExitCode(), string(out)
 }
 

@@ -16,6 +16,10 @@
 // JSON API, the decision history, the report, the logs, the HTTP token, and
 // the status page's JavaScript in headless Chromium (driven with chromedp).
 //
+// The daemon is built with the race detector (go build -race; not for
+// benchmarks), and a race report in a daemon's log or a command's output
+// fails the test that ran it.
+//
 // The tests need Postfix, Exim, promtool and Chromium (.ci/install-deps
 // installs them); without them they fail, rather than skip, and say what to
 // run. The package has no non-test code besides this documentation.

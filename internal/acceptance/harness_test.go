@@ -132,6 +132,7 @@ func tryStart(t *testing.T, dir, configYAML string) (*daemon, error) {
 	}
 	defer logf.Close() // the child has its own copy
 	d.cmd = exec.Command(daemonBin, "serve", "-config", d.configPath)
+	d.cmd.Env = daemonEnv
 	d.cmd.Stdout = logf
 	d.cmd.Stderr = logf
 	if err := d.cmd.Start(); err != nil {
@@ -166,6 +167,10 @@ func tryStart(t *testing.T, dir, configYAML string) (*daemon, error) {
 			if code := d.stop(t, syscall.SIGTERM); code != 0 {
 				t.Errorf("tlspolicyd exited with %d after SIGTERM, want 0", code)
 			}
+		}
+		// The reports are in the log, shown below.
+		if log, _ := os.ReadFile(d.logPath); strings.Contains(string(log), raceMarker) {
+			t.Errorf("tlspolicyd serve (%s): the race detector reported a data race (%q in the daemon log)", d.configPath, raceMarker)
 		}
 		if t.Failed() {
 			log, _ := os.ReadFile(d.logPath)

@@ -2,19 +2,22 @@ package acceptance
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // The environment every test shares, set once by TestMain before any test
 // runs and read-only afterwards.
 var (
-	daemonBin   string // the tlspolicyd binary built for this run
-	postmapBin  string // Postfix's postmap
-	postfixConf string // a directory holding the main.cf postmap needs
+	daemonBin   string   // the tlspolicyd binary built for this run
+	daemonEnv   []string // the environment of every tlspolicyd process
+	postmapBin  string   // Postfix's postmap
+	postfixConf string   // a directory holding the main.cf postmap needs
 )
 
 // mainCF is the smallest main.cf with which postmap -q works on a machine
@@ -29,6 +32,7 @@ data_directory = %[1]s/data
 `
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	os.Exit(run(m))
 }
 
@@ -70,12 +74,58 @@ func setUp(tmp string) error {
 		return err
 	}
 	daemonBin = filepath.Join(tmp, "tlspolicyd")
-	build := exec.Command("go", "build", "-o", daemonBin, "github.com/tlspolicyd/tlspolicyd")
+	// The daemon is built with the race detector, so that its own data
+	// races fail the tests that run it (see raceReports). Benchmarks
+	// measure the daemon as shipped, so a run with -bench builds it
+	// without.
+	args := []string{"build", "-o", daemonBin}
+	if flag.Lookup("test.bench").Value.String() == "" {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "github.com/tlspolicyd/tlspolicyd")...)
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the daemon: %v\n%s", err, out)
+		return fmt.Errorf("building the daemon (go %s): %v\n%s", strings.Join(args, " "), err, out)
 	}
+	// A -race binary sleeps a second before it exits (atexit_sleep_ms,
+	// to catch races with threads still running), which would add a second
+	// to every command a test runs and to every daemon it stops. Options
+	// already in GORACE come after, and win.
+	daemonEnv = append(os.Environ(), "GORACE="+strings.TrimSpace("atexit_sleep_ms=0 "+os.Getenv("GORACE")))
 	return nil
+}
+
+// raceMarker starts every report of the race detector, which a binary
+// built with -race writes to its standard error (and then, by default,
+// goes on; at exit its status is 66 instead of 0).
+const raceMarker = "WARNING: DATA RACE"
+
+// raceReports returns the race detector's reports in output (a daemon's
+// log, a command's output), "" if there are none. Each report is framed by
+// lines of "=" signs.
+func raceReports(output string) string {
+	if !strings.Contains(output, raceMarker) {
+		return ""
+	}
+	var reports []string
+	for _, block := range strings.Split(output, "==================\n") {
+		if strings.HasPrefix(block, raceMarker) {
+			reports = append(reports, block)
+		}
+	}
+	if len(reports) == 0 { // framed differently: show it all
+		return output
+	}
+	return strings.Join(reports, "==================\n")
+}
+
+// checkRaces fails the test if output, from a tlspolicyd command that has
+// ended, holds race detector reports, and shows them.
+func checkRaces(t *testing.T, what, output string) {
+	t.Helper()
+	if r := raceReports(output); r != "" {
+		t.Errorf("%s: the race detector reported a data race in tlspolicyd:\n%s", what, r)
+	}
 }
 
 // findPostmap looks for postmap on PATH and then in /usr/sbin, which is

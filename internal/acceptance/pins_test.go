@@ -39,6 +39,7 @@ func runTool(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	ctx, cancel := context.WithTimeout(context.Background(), cliLimit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, daemonBin, args...)
+	cmd.Env = daemonEnv
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
@@ -49,6 +50,7 @@ func runTool(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	if err != nil && !errors.As(err, &ee) {
 		t.Fatalf("running tlspolicyd: %v", err)
 	}
+	checkRaces(t, "tlspolicyd "+strings.Join(args, " "), se.String())
 	return cmd.ProcessState.ExitCode(), so.String(), se.String()
 }
 
