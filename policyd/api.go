@@ -15,7 +15,10 @@ import (
 // status page.
 
 // historyShown bounds the history records a destination's API answer and
-// page carry; the CLI asks for all of them.
+// page carry, and those its downgrades of the last 30 days are counted
+// from (downgrades are rare; a destination with more than this many
+// records in 30 days has answered far more often than it was attacked).
+// The history command asks for all of them.
 const historyShown = 200
 
 // knownDestinations are the destinations the daemon has answered for or
@@ -64,11 +67,7 @@ func (d *Daemon) view(name string, full bool) DestinationView {
 	if d.store == nil {
 		return v
 	}
-	limit := historyShown
-	if !full {
-		limit = 0 // all: downgrades are counted from them
-	}
-	hist, err := d.store.Decisions(v.Destination, limit)
+	hist, err := d.store.Decisions(v.Destination, historyShown)
 	if err != nil {
 		d.log.Error("cannot read the decision history", "destination", v.Destination, "err", err)
 	}

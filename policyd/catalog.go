@@ -46,7 +46,7 @@ func StoredViews(rs *rules.Rules, store *state.Bolt, now time.Time) ([]Destinati
 	views := make([]DestinationView, 0, len(names))
 	for _, n := range names {
 		v := e.View(n)
-		hist, err := store.Decisions(v.Destination, 0)
+		hist, err := store.Decisions(v.Destination, historyShown)
 		if err != nil {
 			return nil, err
 		}
