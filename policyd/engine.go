@@ -96,8 +96,8 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 		return e.lookupEvidence(ctx, rs, mapName, v.Key(), r, class, floor)
 	}
 	a := policyAnswer(rs, floor)
-	if e.logsAll(rs) || v.Kind != rules.KeyParent && e.history != nil && e.history.changed(mapName, v.Name, a.Text) {
-		e.record(rs, mapName, v.Key().String(), r, a, nil)
+	if changed := v.Kind != rules.KeyParent && e.changed(mapName, v.Name, a); changed || e.logsAll(rs) {
+		e.record(rs, mapName, v.Key().String(), r, a, nil, changed)
 	}
 	return a
 }
@@ -109,8 +109,8 @@ func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, mapName st
 	d := Decision{rules: rs, Key: k, Class: class, Rule: r, Floor: floor}
 	d.setLevel(floor)
 	e.raise(ctx, &d, rs.Settings.ProbeWait, false)
-	if e.logsAll(rs) || e.history != nil && e.history.changed(mapName, []byte(k.Name), d.Answer.Text) {
-		e.record(rs, mapName, k.String(), r, d.Answer, &d)
+	if changed := e.changed(mapName, []byte(k.Name), d.Answer); changed || e.logsAll(rs) {
+		e.record(rs, mapName, k.String(), r, d.Answer, &d, changed)
 	}
 	return d.Answer
 }
@@ -262,8 +262,8 @@ func (e *Engine) fallbackRoute(rs *rules.Rules, key []byte) wire.Answer {
 		return notFound()
 	}
 	a := routeAnswer(r.Fallback)
-	if e.logsAll(rs) || e.history != nil && e.history.changed(rules.MapTransport, v.Name, a.Text) {
-		e.record(rs, rules.MapTransport, v.Key().String(), r, a, nil)
+	if changed := e.changed(rules.MapTransport, v.Name, a); changed || e.logsAll(rs) {
+		e.record(rs, rules.MapTransport, v.Key().String(), r, a, nil, changed)
 	}
 	return a
 }

@@ -273,10 +273,16 @@ func (e *Engine) logsAll(rs *rules.Rules) bool {
 	return e.log != nil && rs.Settings.LogDecisions == rules.DecisionsAll
 }
 
-// record builds the history record of an answer (d, if not nil, holds the
-// evidence) and hands it to the recorder; with log.decisions: all it also
-// logs it, changed or not.
-func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision) {
+// changed reports whether an answer may differ from the last one recorded
+// for the destination and map (false without a history).
+func (e *Engine) changed(mapName string, name []byte, a wire.Answer) bool {
+	return e.history != nil && e.history.changed(mapName, name, a.Text)
+}
+
+// record builds the record of an answer (d, if not nil, holds the
+// evidence): with log.decisions: all it logs it, changed or not, and a
+// changed one goes to the recorder.
+func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision, changed bool) {
 	rec := state.Decision{Time: e.clock(), Destination: destination, Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
 	if d != nil {
 		rec.Evidence = evidenceOf(d)
@@ -284,7 +290,7 @@ func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.R
 	if e.logsAll(rs) {
 		e.log.LogAttrs(context.Background(), slog.LevelInfo, "decision", decisionAttrs(rec)...)
 	}
-	if e.history != nil {
+	if changed {
 		e.history.offer(rec)
 	}
 }
