@@ -239,10 +239,13 @@ func (e *Engine) findingsFor(ctx context.Context, t tlsprobe.Target, wait time.D
 // through this map, so a miss starts the probe and answers NOTFOUND; the
 // mail then goes direct under the rule's level (and defers if the
 // destination cannot meet it), and the next queue run finds the evidence.
-// Address keys ("user@domain") are NOTFOUND so Postfix asks for the domain.
+// An address key ("user@domain") is answered for its domain: Postfix
+// (3.7) asks a socketmap transport_maps table for the full recipient
+// address only, never for the domain or its parents (those partial keys go
+// to fixed-string tables alone), so the domain is all a route can go by.
 func (e *Engine) fallbackRoute(rs *rules.Rules, key []byte) wire.Answer {
-	if bytes.IndexByte(key, '@') >= 0 {
-		return notFound()
+	if i := bytes.LastIndexByte(key, '@'); i >= 0 {
+		key = key[i+1:]
 	}
 	var buf rules.KeyBuf
 	v, err := rules.AppendKey(buf[:0], key)

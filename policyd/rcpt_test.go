@@ -124,12 +124,13 @@ func TestTransportMap(t *testing.T) {
 		status wire.Status
 		text   string
 	}{
-		{"partner.test", wire.StatusOK, "smtp:[gateway.partner.test]:2525"}, // cannot meet verify
-		{"user@partner.test", wire.StatusNotFound, ""},                      // address keys: ask the domain
-		{"partner-ok.test", wire.StatusNotFound, ""},                        // meets its level
-		{"unknown-yet.test", wire.StatusNotFound, ""},                       // no evidence yet: direct, under its floor
-		{"strict.test", wire.StatusNotFound, ""},                            // no fallback configured
-		{"plain.test", wire.StatusNotFound, ""},                             // no rule
+		{"partner.test", wire.StatusOK, "smtp:[gateway.partner.test]:2525"},      // cannot meet verify
+		{"user@partner.test", wire.StatusOK, "smtp:[gateway.partner.test]:2525"}, // Postfix asks a socketmap for the address only
+		{"user@plain.test", wire.StatusNotFound, ""},                             // an address answers as its domain
+		{"partner-ok.test", wire.StatusNotFound, ""},                             // meets its level
+		{"unknown-yet.test", wire.StatusNotFound, ""},                            // no evidence yet: direct, under its floor
+		{"strict.test", wire.StatusNotFound, ""},                                 // no fallback configured
+		{"plain.test", wire.StatusNotFound, ""},                                  // no rule
 	}
 	for _, tt := range tests {
 		got := e.LookupTable(context.Background(), rules.MapTransport, []byte(tt.key))

@@ -417,18 +417,25 @@ func contribPostfix(t *testing.T, socketmapAddr, policyAddr string, classes ...s
 // and checks that its main.cf holds every shipped setting.
 func startContribPostfix(t *testing.T, w *world, d *daemon, policyAddr string) *postfixInstance {
 	t.Helper()
+	return startContribPostfixHosts(t, w, d, policyAddr, map[string]string{
+		"tls.test": rcptTLSIP, "notls.test": rcptNoTLSIP, "tarpit.test": rcptTarpitIP,
+		"fallback.test": rcptFallbackIP,
+	})
+}
+
+// startContribPostfixHosts is startContribPostfix with hosts as the
+// instance's /etc/hosts (name to address).
+func startContribPostfixHosts(t *testing.T, w *world, d *daemon, policyAddr string, hosts map[string]string) *postfixInstance {
+	t.Helper()
 	mainCF, masterCF := contribPostfix(t, d.listen["socketmap"], policyAddr, rcptClasses[1:]...)
 	pf := startPostfix(t, postfixOptions{
 		PolicyMaps: d.socketmap(t, "tlspolicy"),
 		CAFile:     w.caFile,
 		SMTPPort:   w.port,
-		Hosts: map[string]string{
-			"tls.test": rcptTLSIP, "notls.test": rcptNoTLSIP, "tarpit.test": rcptTarpitIP,
-			"fallback.test": rcptFallbackIP,
-		},
-		SMTPD:    true,
-		MainCF:   mainCF,
-		MasterCF: masterCF,
+		Hosts:      hosts,
+		SMTPD:      true,
+		MainCF:     mainCF,
+		MasterCF:   masterCF,
 	})
 	// A fatal error of a Postfix daemon (a setting it cannot parse, say)
 	// shows to swaks only as a dropped connection: name it.
