@@ -33,7 +33,7 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 2
 	}
-	f := g.Gather(context.Background(), target)
+	f := g.Gather(context.Background(), target, policyd.Findings{})
 	if asJSON {
 		if code := printJSON(stdout, stderr, policyd.FindingsView(p, rest[0], target, f)); code != 0 {
 			return code

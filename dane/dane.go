@@ -120,6 +120,7 @@ func (c *Checker) check(ctx context.Context, domain string) DomainTLSA {
 		return r
 	}
 	r.MXSecure = mx.Secure
+	r.TTL = mx.TTL
 	switch {
 	case !mx.Secure:
 		r.Insecure = true
@@ -153,9 +154,15 @@ func (c *Checker) check(ctx context.Context, domain string) DomainTLSA {
 		wg.Go(func() { r.Hosts[i] = c.hostStatus(ctx, h, port) })
 	}
 	wg.Wait()
+	for _, h := range r.Hosts {
+		r.TTL = minTTL(r.TTL, h.TTL)
+	}
 
 	r.Verdict, r.Insecure, r.Detail, r.Err = decide(r.Hosts, unchecked)
 	r.Detail = prefix + r.Detail
+	if r.Verdict == TempFail {
+		r.TTL = 0 // a failure is retried as the caller sees fit
+	}
 	return r
 }
 
@@ -257,6 +264,7 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 			return fail("address", err)
 		}
 		addrs[i] = a
+		h.TTL = minTTL(h.TTL, a.TTL)
 	}
 	if len(addrs[0].Records)+len(addrs[1].Records) == 0 {
 		h.Status = NoAddress
@@ -292,6 +300,7 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 		if err != nil {
 			return fail("TLSA", err)
 		}
+		h.TTL = minTTL(h.TTL, t.TTL)
 		var recs []Record
 		for _, rr := range t.Records {
 			if tlsa, ok := rr.(*dns.TLSA); ok {
@@ -326,6 +335,15 @@ func (c *Checker) checkHost(ctx context.Context, host string, port int) HostTLSA
 		}
 	}
 	return h
+}
+
+// minTTL is the smaller of two TTLs where 0 means unknown: an unknown one
+// does not shorten a known one.
+func minTTL(a, b time.Duration) time.Duration {
+	if a == 0 || b == 0 {
+		return max(a, b)
+	}
+	return min(a, b)
 }
 
 // normalize returns name as lookups use it: lower-case A-labels, without

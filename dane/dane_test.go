@@ -127,6 +127,35 @@ func TestCheckDANEOnly(t *testing.T) {
 	}
 }
 
+// A verdict lasts as long as the shortest-lived answer it rests on, so that
+// a TLSA RRset withdrawn or changed is seen when its TTL runs out; a
+// failure has no TTL of its own.
+func TestCheckTTL(t *testing.T) {
+	t.Parallel()
+	s := fakedns.MustStart(t)
+	secureDomain(s, "example.test", "mx1.example.test", "mx2.example.test") // TTL 300
+	if err := s.Add(
+		// The absent AAAA records take the SOA's negative TTL.
+		"example.test. 3600 IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 3600",
+		"_25._tcp.mx1.example.test. 120 IN TLSA 3 1 1 "+sha256Hex("k1"),
+		"_25._tcp.mx2.example.test. 3600 IN TLSA 3 1 1 "+sha256Hex("k2"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	s.SetAD(tlsaName("mx1.example.test"), true)
+	s.SetAD(tlsaName("mx2.example.test"), true)
+	c := newChecker(s)
+	r := c.Check(t.Context(), "example.test")
+	wantResult(t, r, DANEOnly, Usable, Usable)
+	if r.TTL != 120*time.Second || r.Hosts[0].TTL != 120*time.Second || r.Hosts[1].TTL != 300*time.Second {
+		t.Errorf("TTL %v, hosts %v and %v; want 2m0s, 2m0s and 5m0s (the A record's)", r.TTL, r.Hosts[0].TTL, r.Hosts[1].TTL)
+	}
+	s.SetRcode(tlsaName("mx2.example.test"), dns.RcodeServerFailure)
+	if r := c.Check(t.Context(), "example.test"); r.Verdict != TempFail || r.TTL != 0 {
+		t.Errorf("failure: verdict %v, TTL %v; want TempFail, 0", r.Verdict, r.TTL)
+	}
+}
+
 func TestCheckTLSAWithoutAD(t *testing.T) {
 	t.Parallel()
 	s := fakedns.MustStart(t)

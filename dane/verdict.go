@@ -129,6 +129,9 @@ type HostTLSA struct {
 	Detail string
 	// Err is the failed lookup, a *dnsclient.Error, when Status is Failure.
 	Err error
+	// TTL is how long what was found may be kept: the smallest TTL of the
+	// answers it rests on (dnsclient.Resolution.TTL); 0 if unknown.
+	TTL time.Duration
 }
 
 // DomainTLSA is the outcome of checking one destination domain.
@@ -152,6 +155,11 @@ type DomainTLSA struct {
 	Err error
 	// CheckedAt is when the check ended, by Checker.Now.
 	CheckedAt time.Time
+	// TTL is how long the verdict may be kept: the smallest TTL of the
+	// answers it rests on, the MX RRset's and each host's (HostTLSA.TTL),
+	// so that a withdrawn or changed TLSA RRset is seen when it expires;
+	// 0 if unknown (a failure, or DANE not checked).
+	TTL time.Duration
 }
 
 // decide turns the hosts' findings into the domain's verdict (see Check).

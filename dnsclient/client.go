@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -120,6 +121,12 @@ type Resolution struct {
 	// NXDomain reports that Name does not exist (RFC 6604: after a CNAME
 	// chain, the rcode is that of its last name).
 	NXDomain bool
+	// TTL is how long the answer may be kept: the smallest TTL of the
+	// records used (the CNAMEs on the way included) or, for an answer
+	// without records, the negative-caching TTL of the zone's SOA (RFC
+	// 2308 section 5: the smaller of the SOA's own TTL and its minimum).
+	// It is 0 when the answer says nothing about it (no records, no SOA).
+	TTL time.Duration
 }
 
 // Lookup resolves name and qtype, following CNAMEs within an answer and,
@@ -131,7 +138,8 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Resolut
 	tooLong := &Error{Name: asked, Qtype: dns.TypeToString[qtype], Kind: ErrOther, Err: errors.New("CNAME chain too long")}
 	target := asked
 	a := Resolution{Secure: c.DNSSEC}
-	links := 0 // CNAMEs followed, in answers and across queries: an answer may loop
+	ttl := uint32(math.MaxUint32) // the smallest TTL seen on the way
+	links := 0                    // CNAMEs followed, in answers and across queries: an answer may loop
 	for range maxCNAMEs + 1 {
 		r, err := c.query(ctx, target, qtype)
 		if err != nil {
@@ -150,19 +158,28 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Resolut
 						return Resolution{}, tooLong
 					}
 					target = strings.ToLower(dns.Fqdn(cn.Target))
+					ttl = min(ttl, rr.Header().Ttl)
 					followed, changed = true, true
 					break
 				}
 			}
 		}
 		a.Records = a.Records[:0]
+		last := ttl
 		for _, rr := range r.Answer {
 			if rr.Header().Rrtype == qtype && strings.EqualFold(rr.Header().Name, target) {
 				a.Records = append(a.Records, rr)
+				last = min(last, rr.Header().Ttl)
 			}
+		}
+		if len(a.Records) == 0 {
+			last = min(last, negativeTTL(r))
 		}
 		a.Name = target
 		a.NXDomain = r.Rcode == dns.RcodeNameError
+		if last != math.MaxUint32 {
+			a.TTL = time.Duration(last) * time.Second
+		}
 		// An answer that ends at a CNAME without the target's records may be
 		// a partial one: ask for the target itself. NXDOMAIN is the rcode of
 		// the chain's last name (RFC 6604), final already.
@@ -171,6 +188,18 @@ func (c *Client) Lookup(ctx context.Context, name string, qtype uint16) (Resolut
 		}
 	}
 	return Resolution{}, tooLong
+}
+
+// negativeTTL is how long an answer without records may be cached: the
+// smaller of the TTL and the minimum field of the SOA in its authority
+// section (RFC 2308 section 5), or math.MaxUint32 when there is none.
+func negativeTTL(r *dns.Msg) uint32 {
+	for _, rr := range r.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			return min(soa.Hdr.Ttl, soa.Minttl)
+		}
+	}
+	return math.MaxUint32
 }
 
 // query asks the servers in turn and returns the first NOERROR or NXDOMAIN

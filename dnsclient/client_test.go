@@ -463,7 +463,7 @@ func TestClientTXT(t *testing.T) {
 	d.AddTXT("_mta-sts.example.test", long)
 	d.AddTXT("odd.example.test", `q"uote \back`+"\x01\xff end")
 	c := dnsClient(d.Addr())
-	got, err := c.LookupTXT(context.Background(), "_MTA-STS.example.test.")
+	got, _, err := c.LookupTXT(context.Background(), "_MTA-STS.example.test.")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestClientTXT(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("LookupTXT = %q, want %q", got, want)
 	}
-	got, err = c.LookupTXT(context.Background(), "odd.example.test")
+	got, _, err = c.LookupTXT(context.Background(), "odd.example.test")
 	if want := `q"uote \back` + "\x01\xff end"; err != nil || len(got) != 1 || got[0] != want {
 		t.Errorf("LookupTXT = %q, %v; want [%q]", got, err, want)
 	}
@@ -487,16 +487,56 @@ func TestClientTXTNone(t *testing.T) {
 	d.SetRcode("_mta-sts.broken.test", dns.RcodeServerFailure)
 	c := dnsClient(d.Addr())
 	ctx := context.Background()
-	if got, err := c.LookupTXT(ctx, "example.test"); err != nil || len(got) != 0 {
+	if got, _, err := c.LookupTXT(ctx, "example.test"); err != nil || len(got) != 0 {
 		t.Errorf("NODATA: LookupTXT = %q, %v; want none and no error", got, err)
 	}
-	if got, err := c.LookupTXT(ctx, "_mta-sts.alias.test"); err != nil || !slices.Equal(got, []string{"v=STSv1; id=1"}) {
+	if got, _, err := c.LookupTXT(ctx, "_mta-sts.alias.test"); err != nil || !slices.Equal(got, []string{"v=STSv1; id=1"}) {
 		t.Errorf("CNAME: LookupTXT = %q, %v", got, err)
 	}
-	_, err := c.LookupTXT(ctx, "_mta-sts.nowhere.test")
+	_, _, err := c.LookupTXT(ctx, "_mta-sts.nowhere.test")
 	checkError(t, err, "_mta-sts.nowhere.test", "TXT", ErrNXDomain)
-	_, err = c.LookupTXT(ctx, "_mta-sts.broken.test")
+	_, _, err = c.LookupTXT(ctx, "_mta-sts.broken.test")
 	checkError(t, err, "_mta-sts.broken.test", "TXT", ErrServFail)
+}
+
+// An answer's TTL is the smallest of the records it used, CNAMEs included;
+// an answer without records takes the SOA's negative TTL (RFC 2308), which
+// NXDOMAIN reports beside its error.
+func TestClientTTL(t *testing.T) {
+	t.Parallel()
+	d := fakedns.MustStart(t)
+	mustAdd(t, d,
+		"_mta-sts.example.test. 120 IN TXT \"v=STSv1; id=1\"",
+		"_mta-sts.example.test. 900 IN TXT \"other\"",
+		"_mta-sts.alias.test. 30 IN CNAME _mta-sts.example.test.",
+		"soa.test. 600 IN SOA ns.soa.test. hostmaster.soa.test. 1 3600 600 86400 20",
+		"soa.test. 600 IN A 192.0.2.1",
+	)
+	c := dnsClient(d.Addr())
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name    string
+		want    time.Duration
+		wantErr error
+	}{
+		{"_mta-sts.example.test", 120 * time.Second, nil},
+		{"_mta-sts.alias.test", 30 * time.Second, nil},
+		{"soa.test", 20 * time.Second, nil},                      // NODATA: the SOA's minimum
+		{"_mta-sts.soa.test", 20 * time.Second, ErrNXDomain},     // NXDOMAIN under that SOA
+		{"_mta-sts.nowhere.test", 60 * time.Second, ErrNXDomain}, // fakedns's made-up SOA: 60 s
+	} {
+		_, ttl, err := c.LookupTXT(ctx, tt.name)
+		if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) || ttl != tt.want {
+			t.Errorf("LookupTXT(%s) TTL = %v, %v; want %v, %v", tt.name, ttl, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func mustAdd(t *testing.T, d *fakedns.Server, records ...string) {
+	t.Helper()
+	if err := d.Add(records...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestUnescapeTXT(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -26,6 +27,12 @@ func (c *Client) records(ctx context.Context, name string, qtype uint16) ([]dns.
 	if err != nil {
 		return nil, err
 	}
+	return answerRecords(name, qtype, a)
+}
+
+// answerRecords returns the records of a, the answer to name and qtype, or
+// the *Error wrapping ErrNXDomain that says name does not exist.
+func answerRecords(name string, qtype uint16, a Resolution) ([]dns.RR, error) {
 	if a.NXDomain {
 		e := &Error{Name: strings.ToLower(dns.Fqdn(name)), Qtype: dns.TypeToString[qtype], Kind: ErrNXDomain}
 		if a.Name != e.Name {
@@ -100,14 +107,19 @@ func (c *Client) LookupAddrs(ctx context.Context, host string) ([]netip.Addr, er
 // LookupTXT returns the TXT records at name, each record's
 // character-strings joined into one string: a publisher may split a long
 // record anywhere, and readers such as MTA-STS (RFC 8461 section 3.1) and
-// SPF (RFC 7208 section 3.3) join the pieces again. A name that exists
-// without TXT records gives none and no error; a name that does not exist
-// gives an error wrapping ErrNXDomain, so that callers can tell "no record"
-// from "could not find out".
-func (c *Client) LookupTXT(ctx context.Context, name string) ([]string, error) {
-	rrs, err := c.records(ctx, name, dns.TypeTXT)
+// SPF (RFC 7208 section 3.3) join the pieces again, and how long the
+// answer may be kept (Resolution.TTL). A name that exists without TXT
+// records gives none and no error; a name that does not exist gives an
+// error wrapping ErrNXDomain, so that callers can tell "no record" from
+// "could not find out", and its negative TTL all the same.
+func (c *Client) LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error) {
+	a, err := c.Lookup(ctx, name, dns.TypeTXT)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	rrs, err := answerRecords(name, dns.TypeTXT, a)
+	if err != nil {
+		return nil, a.TTL, err
 	}
 	txts := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
@@ -117,7 +129,7 @@ func (c *Client) LookupTXT(ctx context.Context, name string) ([]string, error) {
 		}
 		txts = append(txts, b.String())
 	}
-	return txts, nil
+	return txts, a.TTL, nil
 }
 
 // unescapeTXT undoes the presentation-format escapes that miekg/dns puts in

@@ -98,6 +98,10 @@ type Discovery struct {
 	OK bool
 	// Err explains a failure outcome (DNS, record, fetch), for logs.
 	Err error
+	// TTL is how long the TXT record's answer may be kept (Record.TTL):
+	// looking up again sooner cannot see a new id. 0 when the lookup
+	// failed or did not get that far.
+	TTL time.Duration
 }
 
 // Defaults for the Cache.
@@ -251,10 +255,12 @@ func (c *Cache) Lookup(ctx context.Context, domain string) Discovery {
 }
 
 // resolve does one lookup of d; it runs alone for d (single flight).
-func (c *Cache) resolve(ctx context.Context, d string) Discovery {
+func (c *Cache) resolve(ctx context.Context, d string) (r Discovery) {
 	c.mu.Lock()
 	cached, has := c.current(d, c.now())
 	c.mu.Unlock()
+	rec, err := c.f.Discover(ctx, d)
+	defer func() { r.TTL = rec.TTL }() // whatever the outcome
 	// answer returns the cached policy under the "_cached" variant of a
 	// failure outcome when there is one, else nothing under failed.
 	answer := func(failed, withCache Outcome, err error) Discovery {
@@ -263,8 +269,7 @@ func (c *Cache) resolve(ctx context.Context, d string) Discovery {
 		}
 		return Discovery{Outcome: failed, Err: err}
 	}
-
-	id, found, err := c.f.Discover(ctx, d)
+	id, found := rec.ID, rec.Found
 	switch {
 	case errors.Is(err, ErrInvalidRecord) || errors.Is(err, ErrMultipleRecords):
 		return answer(OutcomeInvalidRecord, OutcomeInvalidRecordCached, err)

@@ -144,8 +144,10 @@ func (e *FetchError) Unwrap() []error {
 // reported with an error wrapping dnsclient.ErrNXDomain: that is "no
 // policy", while other errors are DNS failures.
 type Resolver interface {
-	// LookupTXT returns the TXT records at name, each one's strings joined.
-	LookupTXT(ctx context.Context, name string) ([]string, error)
+	// LookupTXT returns the TXT records at name, each one's strings
+	// joined, and how long the answer may be kept (its DNS TTL, also for
+	// a name that does not exist; 0 if unknown).
+	LookupTXT(ctx context.Context, name string) ([]string, time.Duration, error)
 	// LookupAddrs returns the host's IPv4 and IPv6 addresses.
 	LookupAddrs(ctx context.Context, host string) ([]netip.Addr, error)
 }
@@ -200,29 +202,45 @@ func (f *Fetcher) port() uint16 {
 	return 443
 }
 
+// Record is what Discover found at "_mta-sts.<domain>".
+type Record struct {
+	// ID is the policy id the record publishes; empty when not Found.
+	ID string
+	// Found reports that there is one valid MTA-STS record.
+	Found bool
+	// TTL is how long the answer may be kept, as DNS says: when a changed
+	// id could next be seen (RFC 8461 section 3.3 has senders check the
+	// record for a new id); 0 if unknown.
+	TTL time.Duration
+}
+
 // Discover looks up the TXT record at "_mta-sts.<domain>" and returns the
 // policy id it publishes (RFC 8461 section 3.1). Records that do not begin
 // with "v=STSv1;" are not MTA-STS records and are ignored.
 //
-//   - No record, or a domain that does not exist: found is false, err nil.
+//   - No record, or a domain that does not exist: Found is false, err nil.
 //   - More than one MTA-STS record: ErrMultipleRecords; an invalid one:
 //     ErrInvalidRecord. Section 3.1 has senders then assume that no policy
 //     is available; the Cache keeps applying a cached one.
 //   - A DNS failure (SERVFAIL, timeout): an error wrapping ErrDNS and the
 //     Resolver's error, which must not be mistaken for "no policy".
-func (f *Fetcher) Discover(ctx context.Context, domain string) (id string, found bool, err error) {
+//
+// The Record's TTL is set whenever DNS answered, errors about the record
+// included.
+func (f *Fetcher) Discover(ctx context.Context, domain string) (Record, error) {
 	d, err := normalizeDomain(domain)
 	if err != nil {
-		return "", false, err
+		return Record{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout())
 	defer cancel()
-	txts, err := f.Resolver.LookupTXT(ctx, "_mta-sts."+d)
+	txts, ttl, err := f.Resolver.LookupTXT(ctx, "_mta-sts."+d)
+	r := Record{TTL: ttl}
 	if err != nil {
 		if errors.Is(err, dnsclient.ErrNXDomain) {
-			return "", false, nil
+			return r, nil
 		}
-		return "", false, fmt.Errorf("%w: %w", ErrDNS, err)
+		return Record{}, fmt.Errorf("%w: %w", ErrDNS, err)
 	}
 	var sts []string
 	for _, txt := range txts {
@@ -232,15 +250,16 @@ func (f *Fetcher) Discover(ctx context.Context, domain string) (id string, found
 	}
 	switch len(sts) {
 	case 0:
-		return "", false, nil
+		return r, nil
 	case 1:
 	default:
-		return "", false, fmt.Errorf("%w: %d at _mta-sts.%s", ErrMultipleRecords, len(sts), d)
+		return r, fmt.Errorf("%w: %d at _mta-sts.%s", ErrMultipleRecords, len(sts), d)
 	}
-	if id, err = ParseTXT(sts[0]); err != nil {
-		return "", false, err
+	if r.ID, err = ParseTXT(sts[0]); err != nil {
+		return r, err
 	}
-	return id, true, nil
+	r.Found = true
+	return r, nil
 }
 
 // Fetch fetches and parses the policy at

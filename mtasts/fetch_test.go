@@ -271,8 +271,8 @@ func TestFetchInvalidDomain(t *testing.T) {
 		if _, err := f.Fetch(context.Background(), d); !errors.Is(err, ErrInvalidDomain) {
 			t.Errorf("Fetch(%q): %v, want ErrInvalidDomain", d, err)
 		}
-		if _, found, err := f.Discover(context.Background(), d); found || !errors.Is(err, ErrInvalidDomain) {
-			t.Errorf("Discover(%q): %v, %v; want ErrInvalidDomain", d, found, err)
+		if rec, err := f.Discover(context.Background(), d); rec.Found || !errors.Is(err, ErrInvalidDomain) {
+			t.Errorf("Discover(%q): %+v, %v; want ErrInvalidDomain", d, rec, err)
 		}
 	}
 }
@@ -280,7 +280,7 @@ func TestFetchInvalidDomain(t *testing.T) {
 // nilResolver fails the test run if it is ever asked anything.
 type nilResolver struct{}
 
-func (nilResolver) LookupTXT(context.Context, string) ([]string, error) {
+func (nilResolver) LookupTXT(context.Context, string) ([]string, time.Duration, error) {
 	panic("unexpected TXT lookup")
 }
 
@@ -346,15 +346,35 @@ func TestDiscover(t *testing.T) {
 	}
 	f := w.fetcher(newClock())
 	for _, tt := range tests {
-		id, found, err := f.Discover(testContext(t), tt.domain)
-		if id != tt.id || found != tt.found || (tt.err == nil) != (err == nil) || tt.err != nil && !errors.Is(err, tt.err) {
-			t.Errorf("Discover(%s) = %q, %v, %v; want %q, %v, %v", tt.domain, id, found, err, tt.id, tt.found, tt.err)
+		rec, err := f.Discover(testContext(t), tt.domain)
+		if rec.ID != tt.id || rec.Found != tt.found || (tt.err == nil) != (err == nil) || tt.err != nil && !errors.Is(err, tt.err) {
+			t.Errorf("Discover(%s) = %+v, %v; want %q, %v, %v", tt.domain, rec, err, tt.id, tt.found, tt.err)
 		}
 	}
 	// The DNS failure keeps its cause.
-	_, _, err := f.Discover(testContext(t), "servfail.test")
+	_, err := f.Discover(testContext(t), "servfail.test")
 	if !errors.Is(err, dnsclient.ErrServFail) {
 		t.Errorf("err = %v, want it to wrap dnsclient.ErrServFail", err)
+	}
+}
+
+// Discover reports how long the record's answer may be kept, as DNS
+// says: the TXT's own TTL, or the negative TTL of an absent record.
+func TestDiscoverTTL(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	if err := w.dns.Add(`_mta-sts.short.test. 90 IN TXT "v=STSv1; id=1"`, `_mta-sts.bad.test. 45 IN TXT "v=STSv1; id=not-alnum"`); err != nil {
+		t.Fatal(err)
+	}
+	f := w.fetcher(newClock())
+	for domain, want := range map[string]time.Duration{
+		"short.test":   90 * time.Second,
+		"bad.test":     45 * time.Second, // invalid, and still as long-lived
+		"nowhere.test": 60 * time.Second, // fakedns's negative TTL
+	} {
+		if rec, _ := f.Discover(testContext(t), domain); rec.TTL != want {
+			t.Errorf("Discover(%s).TTL = %v, want %v", domain, rec.TTL, want)
+		}
 	}
 }
 
@@ -366,9 +386,9 @@ func TestDiscoverTimeout(t *testing.T) {
 	f := w.fetcher(newClock())
 	f.Timeout = 300 * time.Millisecond
 	start := time.Now()
-	_, found, err := f.Discover(testContext(t), "slow.test")
-	if found || !errors.Is(err, ErrDNS) || !errors.Is(err, dnsclient.ErrTimeout) {
-		t.Errorf("Discover = %v, %v; want a DNS timeout", found, err)
+	rec, err := f.Discover(testContext(t), "slow.test")
+	if rec.Found || !errors.Is(err, ErrDNS) || !errors.Is(err, dnsclient.ErrTimeout) {
+		t.Errorf("Discover = %+v, %v; want a DNS timeout", rec, err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("took %v", took)

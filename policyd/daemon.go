@@ -91,7 +91,9 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	book.load(pins)
 	minTLS := p.Settings.MinTLSVersion
 	cache := NewFindingsCache(p.Settings, gatherer, deps, func(key string, f Findings) {
-		book.learn(key, f.Probe, minTLS)
+		if !f.probeKept {
+			book.learn(key, f.Probe, minTLS)
+		}
 		if b, err := json.Marshal(f); err == nil {
 			if err := store.PutProbes(state.Probe{Key: key, Findings: b}); err != nil {
 				book.metrics.storeErrors.Inc()
@@ -282,7 +284,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 // sameProbing reports whether two settings probe alike.
 func sameProbing(a, b rules.Settings) bool {
-	return slices.Equal(a.DNSServers, b.DNSServers) && a.DNSTimeout == b.DNSTimeout &&
+	return slices.Equal(a.DNSServers, b.DNSServers) && a.DNSTimeout == b.DNSTimeout && a.DNSMinTTL == b.DNSMinTTL &&
 		a.ProbePort == b.ProbePort && a.ProbeHelo == b.ProbeHelo && a.ProbeTimeout == b.ProbeTimeout &&
 		a.ProbeTTL == b.ProbeTTL && a.ProbeNegTTL == b.ProbeNegTTL && a.ProbeCAFile == b.ProbeCAFile &&
 		a.AllowPrivate == b.AllowPrivate && a.MinimumTLS == b.MinimumTLS

@@ -26,6 +26,16 @@ type Findings struct {
 	// any; STSNote says how the last lookup went.
 	STS     *mtasts.Policy `json:"mta_sts,omitempty"`
 	STSNote string         `json:"mta_sts_note,omitempty"`
+	// RecheckAt is when what the destination publishes must be read
+	// again: the soonest TTL of the records behind STS and DANE runs out
+	// (within dns.min_ttl and probe.ttl), so that a new MTA-STS id or a
+	// withdrawn TLSA record is seen then, whatever probe.ttl says. Zero
+	// when no published source was looked at.
+	RecheckAt time.Time `json:"recheck_at,omitzero"`
+	// probeKept reports that Probe was carried over from the findings
+	// this refresh replaced: it confirms no pin and shows no downgrade
+	// again.
+	probeKept bool
 }
 
 // Failed implements tlsprobe.Evidence: nothing at all was learned.
@@ -33,8 +43,12 @@ func (f Findings) Failed() bool {
 	return f.Probe.Failed() && f.STS == nil && (f.DANE == dane.NoDANE || f.DANE == dane.TempFail)
 }
 
-// Gathered implements tlsprobe.Evidence.
+// Gathered implements tlsprobe.Evidence: findings last probe.ttl from the
+// probe; re-reading the published records does not extend them.
 func (f Findings) Gathered() time.Time { return f.Probe.ProbedAt }
+
+// RefreshBy implements tlsprobe.Evidence.
+func (f Findings) RefreshBy() time.Time { return f.RecheckAt }
 
 // published is what a destination publishes, as a level and the policy
 // text that carries it, with why, if any source applies. DANE comes before

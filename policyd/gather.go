@@ -31,60 +31,121 @@ type ProbeDeps struct {
 }
 
 // Gatherer collects Findings: the probe always, DANE and MTA-STS when
-// enabled. The three run side by side within the probe timeout.
+// enabled. The three run side by side within the probe timeout. The probe
+// is redone when three quarters of probe.ttl have passed; what a
+// destination publishes is read again when its records' TTL runs out,
+// bounded by dns.min_ttl and probe.ttl (a refresh with a fresh probe reads
+// only those).
 type Gatherer struct {
 	probe   *tlsprobe.Prober
 	dane    *dane.Checker // nil: DANE off
 	sts     *mtasts.Cache // nil: MTA-STS off
 	timeout time.Duration
+	now     func() time.Time
+	// ttl is probe.ttl; minTTL and negTTL (probe.negative_ttl, for a
+	// failed lookup) bound how soon published records are read again.
+	ttl, minTTL, negTTL time.Duration
 }
 
-// Gather collects the Findings of one target.
-func (g *Gatherer) Gather(ctx context.Context, t tlsprobe.Target) Findings {
-	var f Findings
-	var wg sync.WaitGroup
+// Gather collects the Findings of one target. prev is what is cached for
+// it (the zero Findings if nothing): a probe still fresh is kept, and a
+// DANE verdict is kept when checking it again fails (RFC 7672 section
+// 2.1.1: a lookup failure defers, it never drops DANE).
+func (g *Gatherer) Gather(ctx context.Context, t tlsprobe.Target, prev Findings) Findings {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
+	var f Findings
+	var daneTTL, stsTTL time.Duration
+	var wg sync.WaitGroup
 	if g.dane != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f.DANE, f.DANEDetail = g.checkDANE(ctx, t)
-		}()
+		wg.Go(func() { f.DANE, f.DANEDetail, daneTTL = g.checkDANE(ctx, t, prev) })
 	}
 	// MTA-STS applies to recipient domains only (RFC 8461 section 3.4),
 	// not to a "[host]" next hop or a host with its own port.
 	if g.sts != nil && !t.Direct && t.Port == 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			r := g.sts.Lookup(ctx, t.Name)
-			f.STSNote = r.Outcome.String()
+			f.STSNote, stsTTL = r.Outcome.String(), g.recordTTL(r.TTL, r.Err != nil)
 			if r.OK {
 				p := r.Policy
 				f.STS = &p
 			}
-		}()
+		})
 	}
-	f.Probe = g.probe.Probe(ctx, t)
+	if g.probeDue(prev) {
+		f.Probe = g.probe.Probe(ctx, t)
+	} else {
+		f.Probe, f.probeKept = prev.Probe, true
+	}
 	wg.Wait()
+	if next := minTTL(daneTTL, stsTTL); next > 0 {
+		f.RecheckAt = g.clock().Add(next)
+	}
 	return f
 }
 
-func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target) (dane.Verdict, string) {
+// probeDue reports whether prev's probe must be done again: there is none,
+// it failed, or three quarters of probe.ttl have passed.
+func (g *Gatherer) probeDue(prev Findings) bool {
+	at := prev.Probe.ProbedAt
+	return at.IsZero() || prev.Probe.Failed() || !g.clock().Before(at.Add(g.ttl*3/4))
+}
+
+// recordTTL is how long a published record's answer is kept: its DNS TTL
+// within [dns.min_ttl, probe.ttl]; probe.ttl when DNS gave none (or no
+// query was made); probe.negative_ttl, within the same bounds, after a
+// failure.
+func (g *Gatherer) recordTTL(ttl time.Duration, failed bool) time.Duration {
+	switch {
+	case failed:
+		ttl = g.negTTL
+	case ttl <= 0:
+		ttl = g.ttl
+	}
+	return max(min(ttl, g.ttl), min(g.minTTL, g.ttl))
+}
+
+func (g *Gatherer) clock() time.Time {
+	if g.now != nil {
+		return g.now()
+	}
+	return time.Now()
+}
+
+// minTTL is the smaller of two durations where 0 means none.
+func minTTL(a, b time.Duration) time.Duration {
+	if a == 0 || b == 0 {
+		return max(a, b)
+	}
+	return min(a, b)
+}
+
+// checkDANE checks t's TLSA records and says how long the verdict lasts.
+// A check that fails keeps prev's verdict, if it had one that protects
+// (Postfix, told dane-only, looks the records up itself and defers on the
+// same failure), and is retried after probe.negative_ttl.
+func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target, prev Findings) (dane.Verdict, string, time.Duration) {
+	v, detail, ttl := g.daneVerdict(ctx, t)
+	if v == dane.TempFail && prev.DANE != dane.NoDANE && prev.DANE != dane.TempFail {
+		return prev.DANE, prev.DANEDetail + "; checking again failed (" + detail + "): verdict kept", g.recordTTL(0, true)
+	}
+	return v, detail, g.recordTTL(ttl, v == dane.TempFail)
+}
+
+func (g *Gatherer) daneVerdict(ctx context.Context, t tlsprobe.Target) (dane.Verdict, string, time.Duration) {
 	if t.Direct {
 		port := t.Port
 		if port == 0 {
 			port = 25
 		}
 		h := g.dane.CheckHost(ctx, t.Name, port)
-		return h.Status.Verdict(), h.Detail
+		return h.Status.Verdict(), h.Detail, h.TTL
 	}
 	if t.Port != 0 && t.Port != 25 {
-		return dane.NoDANE, "DANE is checked for port 25 deliveries only"
+		return dane.NoDANE, "DANE is checked for port 25 deliveries only", 0
 	}
 	r := g.dane.Check(ctx, t.Name)
-	return r.Verdict, r.Detail
+	return r.Verdict, r.Detail, r.TTL
 }
 
 // NewGatherer builds what gathers Findings as the settings describe: the
@@ -99,7 +160,7 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gatherer{timeout: s.ProbeTimeout, probe: &tlsprobe.Prober{
+	g := &Gatherer{timeout: s.ProbeTimeout, now: deps.Now, ttl: s.ProbeTTL, minTTL: s.DNSMinTTL, negTTL: s.ProbeNegTTL, probe: &tlsprobe.Prober{
 		Resolver:     res,
 		Dial:         deps.Dial,
 		Now:          deps.Now,

@@ -122,6 +122,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 		s.DNSServers = append(s.DNSServers, addr)
 	}
 	c.duration(&s.DNSTimeout, cfg.DNS.Timeout, false, "dns", "timeout")
+	c.duration(&s.DNSMinTTL, cfg.DNS.MinTTL, false, "dns", "min_ttl")
 
 	if cfg.Probe.Port < 1 || cfg.Probe.Port > 65535 {
 		c.errorf([]any{"probe", "port"}, "probe.port: %d is not a port from 1 to 65535 (SMTP is 25)", cfg.Probe.Port)

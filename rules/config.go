@@ -67,6 +67,9 @@ type LogConfig struct {
 type DNSConfig struct {
 	Servers []string `yaml:"servers"`
 	Timeout string   `yaml:"timeout"`
+	// MinTTL bounds below how soon a published record (the MTA-STS TXT
+	// record, TLSA records) is read again when its TTL runs out.
+	MinTTL string `yaml:"min_ttl"`
 }
 
 // ProbeConfig controls the live STARTTLS probes of destinations' MX hosts.
@@ -133,7 +136,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen: ListenConfig{SocketMode: "0666"},
 		Log:    LogConfig{Level: "info", Format: "text", Decisions: "changes"},
-		DNS:    DNSConfig{Timeout: "5s"},
+		DNS:    DNSConfig{Timeout: "5s", MinTTL: "1m"},
 		Probe: ProbeConfig{
 			Port: 25, Timeout: "30s", TTL: "6h", NegativeTTL: "10m", Wait: "5s",
 		},

@@ -141,10 +141,13 @@ type Class struct {
 
 // Settings are the typed non-rule settings of a configuration.
 type Settings struct {
-	Listen       ListenConfig
-	SocketMode   os.FileMode
-	DNSServers   []string
-	DNSTimeout   time.Duration
+	Listen     ListenConfig
+	SocketMode os.FileMode
+	DNSServers []string
+	DNSTimeout time.Duration
+	// DNSMinTTL is the shortest time a published record is kept before
+	// it is read again, whatever its TTL says; probe.ttl is the longest.
+	DNSMinTTL    time.Duration
 	ProbePort    int
 	ProbeHelo    string
 	ProbeTimeout time.Duration

@@ -1,8 +1,10 @@
 package tlsprobe
 
 import (
+	"cmp"
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
@@ -26,9 +28,17 @@ type CacheConfig struct {
 	NegativeTTL   time.Duration // a failed probe is remembered this long
 	MaxConcurrent int           // probes running at once (0: DefaultMaxConcurrent)
 	MaxPending    int           // probes running or waiting to run (0: DefaultMaxPending)
-	Now           func() time.Time
-	Metrics       *Metrics
+	// DueTick is how often the cache starts the refreshes that are due
+	// by Evidence.RefreshBy (0: DefaultDueTick; negative: never, for
+	// tests, which call startDue).
+	DueTick time.Duration
+	Now     func() time.Time
+	Metrics *Metrics
 }
+
+// DefaultDueTick is CacheConfig.DueTick's default: a published record is
+// re-read within a second of its TTL running out.
+const DefaultDueTick = time.Second
 
 // Evidence is what a Cache holds: a probe Report, or a value built around
 // one (the daemon adds what destinations publish, MTA-STS and DANE).
@@ -36,12 +46,25 @@ type Evidence interface {
 	// Failed reports that the value holds no evidence at all: it is kept
 	// for the negative TTL and never replaces a good value.
 	Failed() bool
-	// Gathered is when the evidence was gathered, for Restore.
+	// Gathered is when the evidence was gathered: the value lasts TTL
+	// from then.
 	Gathered() time.Time
+	// RefreshBy is when part of the value must be gathered again, before
+	// three quarters of the TTL if it comes sooner: a published DNS
+	// record's TTL running out. Zero: no such part.
+	RefreshBy() time.Time
 }
 
 // Gathered implements Evidence.
 func (r Report) Gathered() time.Time { return r.ProbedAt }
+
+// RefreshBy implements Evidence: a probe report lasts its TTL.
+func (r Report) RefreshBy() time.Time { return time.Time{} }
+
+// Gather gathers a target's evidence. prev is the value cached for it, due
+// for a refresh, or the zero V: a gatherer may refresh only the part of
+// prev that is due.
+type Gather[V Evidence] func(ctx context.Context, t Target, prev V) V
 
 // Cache keeps probe results and runs the probes for misses. Lookups of a
 // cached destination take no lock and never wait for the network;
@@ -49,8 +72,13 @@ func (r Report) Gathered() time.Time { return r.ProbedAt }
 // ask; probes run with bounded concurrency and a bounded queue; and a
 // result past three quarters of its TTL is refreshed in the background on
 // its next lookup, so a busy destination waits for a probe only once.
+//
+// A value whose RefreshBy comes sooner (a published record's TTL) is
+// refreshed then, in the background, if a lookup read it since it was
+// stored: a destination in use follows the record's lifetime without its
+// lookups waiting, and one nobody asks for costs no query.
 type Cache[V Evidence] struct {
-	probe    func(context.Context, Target) V
+	probe    Gather[V]
 	onResult func(key string, v V)
 	cfg      CacheConfig
 	shards   [numShards]shard[V]
@@ -58,9 +86,10 @@ type Cache[V Evidence] struct {
 	ctx      context.Context // parent of every probe; canceled by Close
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
-	mu       sync.Mutex // guards inflight and closed
+	mu       sync.Mutex // guards flights and closed
 	flights  map[string]*flight[V]
 	closed   bool
+	due      dueQueue[V]
 }
 
 // shard holds successes and failures apart, each with its own TTL, so a
@@ -89,11 +118,36 @@ func (s *shard[V]) load(key string) (*entry[V], bool) {
 	return v.(*entry[V]), true
 }
 
-// entry is an immutable cached result; a change replaces the entry.
+// entry is an immutable cached result; a change replaces the entry. Only
+// read changes, once, from false to true.
 type entry[V Evidence] struct {
 	res       V
 	expires   time.Time
 	refreshAt time.Time // after this, a lookup starts a background refresh
+	read      atomic.Bool
+}
+
+// newEntry is the entry of r for ttl, gathered at r.Gathered() (or now,
+// when r does not say), due for refresh at three quarters of ttl or at
+// r.RefreshBy(), whichever comes first.
+func newEntry[V Evidence](r V, now time.Time, ttl time.Duration) *entry[V] {
+	at := r.Gathered()
+	if at.IsZero() || at.After(now) {
+		at = now
+	}
+	e := &entry[V]{res: r, expires: at.Add(ttl), refreshAt: at.Add(ttl * 3 / 4)}
+	if by := r.RefreshBy(); !by.IsZero() && by.Before(e.refreshAt) {
+		e.refreshAt = by
+	}
+	return e
+}
+
+// markRead records that a lookup read e, writing only the first time: hits
+// on a busy destination do not contend on the flag.
+func (e *entry[V]) markRead() {
+	if !e.read.Load() {
+		e.read.Store(true)
+	}
 }
 
 // flight is one probe in progress; waiters block on done.
@@ -107,7 +161,7 @@ type flight[V Evidence] struct {
 // goes on for the next one) until Close. onResult, if not nil, sees every
 // value the cache stores, in the probe's goroutine (never on a lookup's
 // path): the daemon learns pins from it and persists it.
-func NewCache[V Evidence](probe func(context.Context, Target) V, cfg CacheConfig, onResult func(key string, v V)) *Cache[V] {
+func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key string, v V)) *Cache[V] {
 	if cfg.Size <= 0 {
 		cfg.Size = DefaultCacheSize
 	}
@@ -126,8 +180,13 @@ func NewCache[V Evidence](probe func(context.Context, Target) V, cfg CacheConfig
 		cfg:      cfg,
 		sem:      make(chan struct{}, cfg.MaxConcurrent),
 		flights:  make(map[string]*flight[V]),
+		due:      dueQueue[V]{max: cfg.Size},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if tick := cmp.Or(cfg.DueTick, DefaultDueTick); tick > 0 {
+		c.wg.Add(1)
+		go c.startDueEvery(tick)
+	}
 	per := max(cfg.Size/numShards, 1)
 	for i := range c.shards {
 		s := &c.shards[i]
@@ -172,6 +231,7 @@ func (c *Cache[V]) Get(t Target) (V, bool) {
 		var zero V
 		return zero, false
 	}
+	e.markRead()
 	if !now.Before(e.refreshAt) {
 		c.cfg.Metrics.cacheLookup(cacheStale)
 		c.start(t, key)
@@ -248,8 +308,9 @@ func (c *Cache[V]) Prefetch(t Target) {
 // Probe runs a probe now, ignoring the cache (for `tlspolicyd probe`), and
 // stores its result.
 func (c *Cache[V]) Probe(ctx context.Context, t Target) V {
-	r := c.probe(ctx, t)
-	c.store(t.Key(), r)
+	var zero V
+	r := c.probe(ctx, t, zero)
+	c.store(t, r)
 	return r
 }
 
@@ -275,15 +336,16 @@ func (c *Cache[V]) start(t Target, key string) *flight[V] {
 	return f
 }
 
-// run waits for a probe slot, probes, stores the result and wakes the
-// waiters.
+// run waits for a probe slot, probes (refreshing what is cached for key,
+// if anything), stores the result and wakes the waiters.
 func (c *Cache[V]) run(t Target, key string, f *flight[V]) {
 	defer c.wg.Done()
 	select {
 	case c.sem <- struct{}{}:
-		f.res = c.probe(c.ctx, t)
+		prev, _ := c.Peek(t)
+		f.res = c.probe(c.ctx, t, prev)
 		<-c.sem
-		c.store(key, f.res)
+		c.store(t, f.res)
 		if c.onResult != nil {
 			c.onResult(key, f.res)
 		}
@@ -301,21 +363,26 @@ func (c *Cache[V]) run(t Target, key string, f *flight[V]) {
 // nothing answered) does not replace an unexpired good result: losing
 // evidence to a passing outage would weaken answers. The good result is
 // kept, and the refresh retried after the negative TTL.
-func (c *Cache[V]) store(key string, r V) {
+func (c *Cache[V]) store(t Target, r V) {
+	key := t.Key()
 	now := c.cfg.Now()
 	s := c.shard(key)
 	s.mu.Lock()
+	var e *entry[V]
 	switch old, ok := s.pos.Peek(key); {
 	case !r.Failed():
-		s.put(key, &entry[V]{res: r, expires: now.Add(c.cfg.TTL), refreshAt: now.Add(c.cfg.TTL * 3 / 4)}, true)
+		e = newEntry(r, now, c.cfg.TTL)
+		s.put(key, e, true)
 	case ok && now.Before(old.expires):
-		kept := *old
-		kept.refreshAt = now.Add(c.cfg.NegativeTTL)
-		s.put(key, &kept, true)
+		e = &entry[V]{res: old.res, expires: old.expires, refreshAt: now.Add(c.cfg.NegativeTTL)}
+		s.put(key, e, true)
 	default:
 		s.put(key, &entry[V]{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)}, false)
 	}
 	s.mu.Unlock()
+	if e != nil && e.refreshAt.Before(e.expires) {
+		c.due.push(t, key, e)
+	}
 	c.cfg.Metrics.setEntries(c.Len())
 }
 
@@ -343,17 +410,19 @@ func (c *Cache[V]) Restore(key string, r V) {
 	if r.Failed() {
 		ttl = c.cfg.NegativeTTL
 	}
-	expires := r.Gathered().Add(ttl)
-	if !now.Before(expires) {
+	if r.Gathered().IsZero() {
+		return // no telling how old it is
+	}
+	e := newEntry(r, now, ttl)
+	if !now.Before(e.expires) {
 		return
+	}
+	if r.Failed() {
+		e.refreshAt = e.expires
 	}
 	s := c.shard(key)
 	s.mu.Lock()
-	if r.Failed() {
-		s.put(key, &entry[V]{res: r, expires: expires, refreshAt: expires}, false)
-	} else {
-		s.put(key, &entry[V]{res: r, expires: expires, refreshAt: r.Gathered().Add(ttl * 3 / 4)}, true)
-	}
+	s.put(key, e, !r.Failed())
 	s.mu.Unlock()
 	c.cfg.Metrics.setEntries(c.Len())
 }

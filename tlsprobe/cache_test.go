@@ -57,7 +57,7 @@ func newFakeProbe() *fakeProbe {
 	return &fakeProbe{started: make(chan Target, 1000)}
 }
 
-func (f *fakeProbe) probe(ctx context.Context, t Target) Report {
+func (f *fakeProbe) probe(ctx context.Context, t Target, _ Report) Report {
 	f.mu.Lock()
 	f.calls++
 	f.running++
@@ -572,9 +572,9 @@ func TestCacheIndexFollowsLRU(t *testing.T) {
 			for i := range 300 {
 				tg := Target{Name: fmt.Sprintf("d%d.test", (i*7+g)%60)}
 				if i%3 == 0 {
-					c.store(tg.Key(), Report{}) // a failure: negative entry, or kept good result
+					c.store(tg, Report{}) // a failure: negative entry, or kept good result
 				} else {
-					c.store(tg.Key(), Report{Detail: "good", Capability: CapEncrypt})
+					c.store(tg, Report{Detail: "good", Capability: CapEncrypt})
 				}
 				c.Get(tg)
 			}
@@ -624,5 +624,159 @@ func TestCachePeekAndKeys(t *testing.T) {
 	clock.Advance(cacheTTL)
 	if keys := c.Keys(); len(keys) != 0 {
 		t.Errorf("Keys after expiry = %v", keys)
+	}
+}
+
+// published is Evidence with a part of its own lifetime, as the daemon's
+// findings have (a published record's TTL): refreshing it keeps the
+// gathering time of the rest.
+type published struct {
+	n, prevN int // the gather that made it, and the one it refreshed
+	gathered time.Time
+	by       time.Time
+}
+
+func (p published) Failed() bool         { return false }
+func (p published) Gathered() time.Time  { return p.gathered }
+func (p published) RefreshBy() time.Time { return p.by }
+
+// publishedCache is a cache of published values whose part lasts ttl; it
+// reports on gathered each value it gathers.
+func publishedCache(t *testing.T, clock *fakeClock, ttl time.Duration, gathered chan<- published) *Cache[published] {
+	var mu sync.Mutex
+	n := 0
+	gather := func(_ context.Context, _ Target, prev published) published {
+		mu.Lock()
+		n++
+		p := published{n: n, prevN: prev.n, gathered: prev.gathered, by: clock.Now().Add(ttl)}
+		mu.Unlock()
+		if p.gathered.IsZero() {
+			p.gathered = clock.Now()
+		}
+		gathered <- p
+		return p
+	}
+	c := NewCache(gather, CacheConfig{TTL: time.Hour, NegativeTTL: time.Minute, DueTick: -1, Now: clock.Now}, nil)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// A value's part that runs out before its TTL is refreshed when it runs
+// out, without a lookup waiting: a lookup past it gets the value at once
+// and starts the refresh, which is given the value to refresh and does not
+// extend the rest's lifetime.
+func TestCacheRefreshBy(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	gathered := make(chan published, 10)
+	c := publishedCache(t, clock, time.Minute, gathered)
+	tg := Target{Name: "sts.test"}
+	if _, ok := c.Lookup(t.Context(), tg); !ok {
+		t.Fatal("no value after a probe")
+	}
+	next(t, gathered)
+	clock.Advance(59 * time.Second)
+	if v, ok := c.Get(tg); !ok || v.n != 1 || c.flightFor(tg) {
+		t.Fatalf("before RefreshBy: %+v, %v, refreshing %v; want the first value, no refresh", v, ok, c.flightFor(tg))
+	}
+	clock.Advance(time.Second)
+	if v, ok := c.Get(tg); !ok || v.n != 1 {
+		t.Fatalf("at RefreshBy: %+v, %v; want the cached value at once", v, ok)
+	}
+	if p := next(t, gathered); p.n != 2 || p.prevN != 1 {
+		t.Errorf("refresh %+v: want gather 2 refreshing gather 1", p)
+	}
+	waitStored(t, c, tg, 2)
+	// 45 minutes after the first gather the rest is due: its refresh
+	// point did not move with the part's.
+	clock.Advance(44 * time.Minute)
+	c.Get(tg) // due by RefreshBy again
+	next(t, gathered)
+	waitStored(t, c, tg, 3)
+	clock.Advance(16 * time.Minute) // an hour after the first gather
+	if v, ok := c.Get(tg); ok {
+		t.Errorf("an hour after the first gather: %+v still served; its refreshes must not extend it", v)
+	}
+}
+
+// An entry read since it was stored is refreshed when its RefreshBy comes,
+// without waiting for another lookup; one nobody read is left alone.
+func TestCacheRefreshesDueEntriesInUse(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	gathered := make(chan published, 10)
+	c := publishedCache(t, clock, time.Minute, gathered)
+	used, idle := Target{Name: "used.test"}, Target{Name: "idle.test"}
+	c.Lookup(t.Context(), used)
+	c.Lookup(t.Context(), idle)
+	next(t, gathered)
+	next(t, gathered)
+	if n := c.due.len(); n != 2 {
+		t.Fatalf("%d refreshes queued, want 2", n)
+	}
+	c.Get(used) // read after it was stored
+	clock.Advance(time.Minute)
+	c.startDue()
+	if p := next(t, gathered); p.prevN != 1 && p.prevN != 2 {
+		t.Errorf("refreshed %+v", p)
+	}
+	waitFlights(c)
+	if v, _ := c.Peek(used); v.n != 3 {
+		t.Errorf("used.test holds gather %d, want 3 (refreshed)", v.n)
+	}
+	if v, _ := c.Peek(idle); v.n != 2 && v.n != 1 {
+		t.Errorf("idle.test holds gather %d, want its first", v.n)
+	}
+	select {
+	case p := <-gathered:
+		t.Errorf("an entry nobody read was refreshed: %+v", p)
+	default:
+	}
+	if n := c.due.len(); n != 1 {
+		t.Errorf("%d refreshes queued after the refresh, want 1 (the new value's)", n)
+	}
+}
+
+// flightFor reports whether a gather is running for tg.
+func (c *Cache[V]) flightFor(tg Target) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flights[tg.Key()] != nil
+}
+
+// waitFlights waits until no gather is running.
+func waitFlights[V Evidence](c *Cache[V]) {
+	for {
+		c.mu.Lock()
+		var f *flight[V]
+		for _, f = range c.flights {
+			break
+		}
+		c.mu.Unlock()
+		if f == nil {
+			return
+		}
+		<-f.done
+	}
+}
+
+// waitStored waits until tg's value is gather n.
+func waitStored(t *testing.T, c *Cache[published], tg Target, n int) {
+	t.Helper()
+	waitFlights(c)
+	if v, ok := c.Peek(tg); !ok || v.n != n {
+		t.Fatalf("stored %+v, %v; want gather %d", v, ok, n)
+	}
+}
+
+// next returns the next value gathered, failing the test if none comes.
+func next(t *testing.T, gathered <-chan published) published {
+	t.Helper()
+	select {
+	case p := <-gathered:
+		return p
+	case <-time.After(10 * time.Second):
+		t.Fatal("no gather started")
+		return published{}
 	}
 }

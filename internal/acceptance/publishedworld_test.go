@@ -30,8 +30,9 @@ import (
 // publishedConfig is the daemon configuration of a published-policy test:
 // as world.probeConfig, plus MTA-STS (the world's CA trusted for policy
 // fetches) and DANE (the fake DNS server on 127.0.0.1 is loopback, so its AD
-// bit is trusted), with probe.ttl ttl (negative_ttl a third of it) and
-// probe.wait 2s.
+// bit is trusted), with probe.ttl ttl (negative_ttl a third of it),
+// probe.wait 2s and dns.min_ttl 1s (records re-read as soon as their TTL
+// runs out).
 func (w *world) publishedConfig(t *testing.T, ttl time.Duration, rules string) string {
 	t.Helper()
 	if w.port == 0 {
@@ -43,6 +44,7 @@ func (w *world) publishedConfig(t *testing.T, ttl time.Duration, rules string) s
 dns:
   servers: [%q]
   timeout: 2s
+  min_ttl: 1s
 probe:
   port: %d
   helo: probe.test

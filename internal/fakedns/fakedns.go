@@ -360,6 +360,22 @@ func (s *Server) Remove(name string, qtype uint16) {
 	}
 }
 
+// SetTTL sets the TTL of name's records of type qtype (dns.TypeANY: all of
+// them), as a zone edit would.
+func (s *Server) SetTTL(name string, qtype uint16, ttl uint32) {
+	name = canonical(name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rrs := make([]dns.RR, len(s.records[name]))
+	for i, rr := range s.records[name] {
+		rrs[i] = dns.Copy(rr) // answers already sent keep theirs
+		if qtype == dns.TypeANY || rr.Header().Rrtype == qtype {
+			rrs[i].Header().Ttl = ttl
+		}
+	}
+	s.records[name] = rrs
+}
+
 // SetRcode makes queries for name answer with rcode and no records, whatever
 // the zone holds: dns.RcodeServerFailure for SERVFAIL, dns.RcodeRefused, or
 // dns.RcodeNameError for NXDOMAIN (with an SOA). dns.RcodeSuccess returns to

@@ -334,6 +334,20 @@ func TestRemove(t *testing.T) {
 	}
 }
 
+func TestSetTTL(t *testing.T) {
+	t.Parallel()
+	s := MustStart(t)
+	s.AddA("mx.example.test", "127.0.0.2")
+	s.AddAAAA("mx.example.test", "::1")
+	s.SetTTL("MX.example.test", dns.TypeA, 7)
+	if r := query(t, s, "udp", "mx.example.test", dns.TypeA, false); len(r.Answer) != 1 || r.Answer[0].Header().Ttl != 7 {
+		t.Errorf("A after SetTTL: %v, want TTL 7", r.Answer)
+	}
+	if r := query(t, s, "udp", "mx.example.test", dns.TypeAAAA, false); len(r.Answer) != 1 || r.Answer[0].Header().Ttl != ttl {
+		t.Errorf("AAAA changed too: %v", r.Answer)
+	}
+}
+
 func TestSetRcode(t *testing.T) {
 	t.Parallel()
 	s := MustStart(t)
