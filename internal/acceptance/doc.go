@@ -2,8 +2,8 @@
 // a postmaster's mail system uses: Postfix's postmap(1) over
 // socketmap_table(5) (inet and unix sockets) and tcp_table(5); private
 // Postfix instances whose smtp(8) client delivers through the daemon's
-// policy maps (chrooted too) and whose smtpd(8) asks its policy delegation
-// service; and Exim 4.96 (expansion tests, -bh sessions and real
+// policy maps (chrooted too, and resolving MX hosts and DANE records in
+// the fake DNS) and whose smtpd(8) asks its policy delegation service; and Exim 4.96 (expansion tests, -bh sessions and real
 // deliveries) through the daemon's ${readsocket} line protocol. Fake MX
 // servers with certificates minted in the test, a fake DNS server and a
 // STARTTLS-stripping proxy stand in for the internet; everything listens

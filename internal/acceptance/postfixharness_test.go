@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -22,19 +23,26 @@ import (
 // Each instance lives in a world-readable temporary directory of its own:
 // conf/ (main.cf, master.cf), queue/, data/ (owned by the postfix user, as
 // the master's lock file needs), the maillog (Postfix's postlogd writes it;
-// there is no syslog) and a hosts file. Nothing of the system's Postfix is
-// used besides the binaries and the stock master.cf, and no port is bound:
-// the smtpd service is removed from master.cf, and mail is injected with
-// sendmail -C, which only writes the maildrop queue.
+// there is no syslog), a hosts file and, if the instance resolves in DNS, a
+// resolv.conf. Nothing of the system's Postfix is used besides the
+// binaries and the stock master.cf, and no port is bound: the smtpd
+// service is removed from master.cf, and mail is injected with sendmail
+// -C, which only writes the maildrop queue.
 //
-// Name resolution: with smtp_dns_support_level = disabled and
-// smtp_host_lookup = native, the smtp client resolves a recipient domain as
-// a host name through the C library, that is /etc/hosts. The instance is
-// started with unshare -m, in a private mount namespace where its hosts file
-// is bind-mounted over /etc/hosts; the master daemonizes and its children
-// (smtp included) inherit the namespace, while the rest of the machine
-// keeps its /etc/hosts. sendmail, postqueue and postfix stop need no names
-// and run outside the namespace. This needs root (the tests run as root).
+// Name resolution comes in two kinds. By default (smtp_dns_support_level =
+// disabled, smtp_host_lookup = native) the smtp client resolves a recipient
+// domain as a host name through the C library, that is /etc/hosts, and
+// connects to it: no MX records. With postfixOptions.DNS
+// (smtp_dns_support_level = enabled, smtp_host_lookup = dns) it looks up
+// MX records and their hosts' addresses in DNS, as in production, asking
+// the test's fake DNS server through the C library's stub resolver, that
+// is /etc/resolv.conf. The instance is started with unshare -m, in a
+// private mount namespace where its hosts file is bind-mounted over
+// /etc/hosts and, with DNS, its resolv.conf over /etc/resolv.conf; the
+// master daemonizes and its children (smtp included) inherit the
+// namespace, while the rest of the machine keeps its own files. sendmail,
+// postqueue and postfix stop need no names and run outside the namespace.
+// This needs root (the tests run as root).
 
 // Bounds of the Postfix tests' waits.
 const (
@@ -54,6 +62,14 @@ type postfixOptions struct {
 	SMTPPort int
 	// Hosts maps names to addresses in the instance's /etc/hosts.
 	Hosts map[string]string
+	// DNS, if set, is the address of the DNS server the smtp client asks,
+	// "IPv4:53" (the C library's resolver asks port 53 only), such as a
+	// fake DNS server from newWorldDNS: MX and address lookups go there
+	// (smtp_dns_support_level = enabled, smtp_host_lookup = dns), and
+	// Hosts no longer applies to next hops. The resolv.conf names it alone
+	// (see resolvConfText). For DANE, set smtp_dns_support_level = dnssec
+	// in MainCF.
+	DNS string
 
 	// SMTPD, if set, keeps an smtpd(8) listener, on a free 127.0.0.1 port
 	// (postfixInstance.smtpd), so that tests can talk SMTP to the
@@ -100,8 +116,8 @@ biff = no
 queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
-smtp_dns_support_level = disabled
-smtp_host_lookup = native
+smtp_dns_support_level = {{DNSLEVEL}}
+smtp_host_lookup = {{HOSTLOOKUP}}
 smtp_tcp_port = {{PORT}}
 smtp_tls_security_level = may
 smtp_tls_policy_maps = {{POLICY}}
@@ -138,7 +154,13 @@ func startPostfix(t *testing.T, opts postfixOptions) *postfixInstance {
 		t.Fatal(err)
 	}
 
+	dnsLevel, hostLookup := "disabled", "native"
+	if opts.DNS != "" {
+		dnsLevel, hostLookup = "enabled", "dns"
+	}
 	mainCF := strings.NewReplacer(
+		"{{DNSLEVEL}}", dnsLevel,
+		"{{HOSTLOOKUP}}", hostLookup,
 		"{{DIR}}", dir,
 		"{{HOSTNAME}}", pf.hostname,
 		"{{PORT}}", strconv.Itoa(opts.SMTPPort),
@@ -175,12 +197,18 @@ func startPostfix(t *testing.T, opts postfixOptions) *postfixInstance {
 		fmt.Fprintf(&hosts, "%s\t%s\n", opts.Hosts[name], name)
 	}
 	hostsFile := writeShared(t, dir, "hosts", hosts.String())
+	resolvConf := "" // none: the namespace keeps the system's
+	if opts.DNS != "" {
+		resolvConf = writeShared(t, dir, "resolv.conf", resolvConfText(t, opts.DNS))
+	}
 
 	// postfix start prints its errors only to a terminal: on failure, the
 	// maillog says why.
 	out, err := pf.run(t, postfixStartLimit, postfixCmd(t, "unshare"), "-m", "sh", "-c",
-		`mount --bind "$1" /etc/hosts && exec "$2" -c "$3" start`,
-		"sh", hostsFile, postfixCmd(t, "postfix"), pf.conf)
+		`mount --bind "$1" /etc/hosts &&
+		{ [ -z "$4" ] || mount --bind "$4" /etc/resolv.conf; } &&
+		exec "$2" -c "$3" start`,
+		"sh", hostsFile, postfixCmd(t, "postfix"), pf.conf, resolvConf)
 	if err != nil {
 		t.Fatalf("starting Postfix: %v\n%s\nmaillog:\n%s", err, out, pf.log())
 	}
@@ -193,6 +221,22 @@ func startPostfix(t *testing.T, opts postfixOptions) *postfixInstance {
 		}
 	})
 	return pf
+}
+
+// resolvConfText is a resolv.conf for the DNS server at addr ("IPv4:53"),
+// written as for a DANE host whose resolver validates: trust-ad tells the
+// C library (glibc 2.31 and later) to keep the AD bit of its answers
+// rather than clear it. Postfix 3.7 does not depend on the line (it sets
+// RES_TRUSTAD itself when it asks for DNSSEC; TestPostfixDANE passes
+// without it); other programs in the namespace would need it. No search
+// list: the tests' names are fully qualified.
+func resolvConfText(t *testing.T, addr string) string {
+	t.Helper()
+	ip, port, err := net.SplitHostPort(addr)
+	if err != nil || port != "53" || net.ParseIP(ip).To4() == nil {
+		t.Fatalf("postfixOptions.DNS %q: want IPv4:53, as resolv.conf has no port (%v)", addr, err)
+	}
+	return "nameserver " + ip + "\noptions trust-ad\n"
 }
 
 // mainCFSettings turns main.cf text into "name = value" arguments for

@@ -216,25 +216,46 @@ func (w *world) verifiedMX(t *testing.T, domain, ip string) mxHost {
 // with the SHA-256 digest of the certificate's public key (a usable
 // DANE-EE record that the server's certificate matches). With ad, the
 // domain's MX, the host's addresses and the TLSA records are answered with
-// the AD bit, as a validating resolver answers DNSSEC-signed records.
+// the AD bit, as a validating resolver answers DNSSEC-signed records (see
+// publishTLSA).
 func (w *world) daneMX(t *testing.T, domain, ip string, ad bool) mxHost {
 	t.Helper()
 	host := "mx." + domain
 	cert := w.ca.MustLeaf(t, testca.LeafOptions{DNSNames: []string{host}})
+	w.publishTLSA(t, domain, host, cert, ad, 25)
+	return mxHost{domain, host, ip, fakemx.Options{Hostname: host,
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}}}
+}
+
+// publishTLSA publishes, for each port, "_PORT._tcp.<host>" TLSA 3 1 1
+// with the SHA-256 digest of cert's public key. With ad, domain's MX,
+// host's addresses and the TLSA records are answered with the AD bit.
+func (w *world) publishTLSA(t *testing.T, domain, host string, cert tls.Certificate, ad bool, ports ...int) {
+	t.Helper()
+	names := []string{domain, host}
+	for _, port := range ports {
+		tlsa := fmt.Sprintf("_%d._tcp.%s", port, host)
+		w.dns.AddTLSA(tlsa, 3, 1, 1, spkiSHA256(t, cert))
+		names = append(names, tlsa)
+	}
+	if ad {
+		for _, name := range names {
+			w.dns.SetAD(name, true)
+		}
+	}
+}
+
+// spkiSHA256 is the SHA-256 digest of the public key of cert's leaf, in
+// hexadecimal: the data of a TLSA 3 1 1 record (DANE-EE, SubjectPublicKeyInfo,
+// SHA-256) that cert matches.
+func spkiSHA256(t *testing.T, cert tls.Certificate) string {
+	t.Helper()
 	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	spki := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
-	tlsa := "_25._tcp." + host
-	w.dns.AddTLSA(tlsa, 3, 1, 1, hex.EncodeToString(spki[:]))
-	if ad {
-		for _, name := range []string{domain, host, tlsa} {
-			w.dns.SetAD(name, true)
-		}
-	}
-	return mxHost{domain, host, ip, fakemx.Options{Hostname: host,
-		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}}}
+	return hex.EncodeToString(spki[:])
 }
 
 // holdAnswer asks table for key with postmap until done holds, and fails

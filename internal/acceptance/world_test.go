@@ -46,8 +46,17 @@ type mxHost struct {
 // closed and removed when the test ends.
 func newWorld(t *testing.T) *world {
 	t.Helper()
+	return newWorldDNS(t, "127.0.0.1:0")
+}
+
+// newWorldDNS is newWorld with the fake DNS server on dnsAddr. A world
+// that Postfix resolves in (postfixOptions.DNS) needs "127.0.0.X:53" with
+// an address no other test uses: Postfix asks through the C library's
+// resolver, which knows no port but 53.
+func newWorldDNS(t *testing.T, dnsAddr string) *world {
+	t.Helper()
 	w := &world{
-		dns: fakedns.MustStart(t),
+		dns: fakedns.MustStartAt(t, dnsAddr),
 		ca:  testca.MustNew(t),
 		dir: sharedTempDir(t),
 		mx:  map[string]*fakemx.Server{},

@@ -147,7 +147,15 @@ func Start(addr string) (*Server, error) {
 // cannot, and closes the server when the test ends.
 func MustStart(tb testing.TB) *Server {
 	tb.Helper()
-	s, err := Start("127.0.0.1:0")
+	return MustStartAt(tb, "127.0.0.1:0")
+}
+
+// MustStartAt is MustStart on addr, as for Start. A fixed address such as
+// 127.0.0.70:53 serves clients that cannot be told a port: the C library's
+// stub resolver, configured by resolv.conf, asks port 53 only.
+func MustStartAt(tb testing.TB, addr string) *Server {
+	tb.Helper()
+	s, err := Start(addr)
 	if err != nil {
 		tb.Fatal(err)
 	}
