@@ -134,15 +134,11 @@ func (g *Gatherer) checkDANE(ctx context.Context, t tlsprobe.Target, prev Findin
 
 func (g *Gatherer) daneVerdict(ctx context.Context, t tlsprobe.Target) (dane.Verdict, string, time.Duration) {
 	if t.Direct {
-		port := t.Port
-		if port == 0 {
-			port = 25
-		}
-		h := g.dane.CheckHost(ctx, t.Name, port)
+		h := g.dane.CheckHost(ctx, t.Name, t.Port) // port 0: probe.port
 		return h.Status.Verdict(), h.Detail, h.TTL
 	}
-	if t.Port != 0 && t.Port != 25 {
-		return dane.NoDANE, "DANE is checked for port 25 deliveries only", 0
+	if t.Port != 0 && t.Port != g.dane.Port {
+		return dane.NoDANE, fmt.Sprintf("DANE is checked for deliveries to MX hosts on probe.port (%d) only", g.dane.Port), 0
 	}
 	r := g.dane.Check(ctx, t.Name)
 	return r.Verdict, r.Detail, r.TTL
@@ -174,7 +170,10 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 		Metrics:      deps.Metrics,
 	}}
 	if s.DANEEnabled {
+		// The TLSA records of the port mail goes to, as Postfix looks up
+		// those of smtp_tcp_port: probe.port, 25 in production.
 		g.dane = &dane.Checker{
+			Port:    s.ProbePort,
 			Servers: s.DNSServers,
 			Timeout: s.DNSTimeout,
 			Trusted: dnsclient.AllLoopback(s.DNSServers),

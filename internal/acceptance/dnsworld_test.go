@@ -127,11 +127,11 @@ func TestPostfixDANE(t *testing.T) {
 		mxHost{"danebad.test", "mx.danebad.test", daneBadIP, fakemx.Options{Hostname: "mx.danebad.test",
 			TLS: badTLS}},
 	)
-	// The daemon looks up the TLSA records of port 25, as RFC 7672 says;
-	// Postfix those of the port it connects to, smtp_tcp_port (the world's
-	// port). Both names get the same record.
-	w.publishTLSA(t, "dane.test", "mx.dane.test", goodCert, true, 25, w.port)
-	w.publishTLSA(t, "danebad.test", "mx.danebad.test", otherCert, true, 25, w.port)
+	// Postfix looks up the TLSA records of the port it connects to
+	// (smtp_tcp_port), the daemon those of probe.port: both the world's
+	// port.
+	w.publishTLSA(t, "dane.test", "mx.dane.test", goodCert, true)
+	w.publishTLSA(t, "danebad.test", "mx.danebad.test", otherCert, true)
 
 	d := startDaemon(t, w.publishedConfig(t, longTTL, daneRules))
 	table := d.socketmap(t, "tlspolicy")

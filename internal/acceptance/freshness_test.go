@@ -64,7 +64,7 @@ func TestPublishedFreshness(t *testing.T) {
 	t.Run("a withdrawn TLSA RRset is answered within its TTL", func(t *testing.T) {
 		t.Parallel()
 		const domain = "fresh-dane.test"
-		tlsa := "_25._tcp.mx." + domain
+		tlsa := w.tlsaName("mx." + domain)
 		w.dns.SetTTL(tlsa, dns.TypeTLSA, freshTTL)
 		d := startDaemon(t, config)
 		table := d.socketmap(t, "tlspolicy")
@@ -81,7 +81,7 @@ func TestPublishedFreshness(t *testing.T) {
 	t.Run("a TLSA lookup that fails keeps dane-only", func(t *testing.T) {
 		t.Parallel()
 		const domain = "fresh-dane2.test"
-		tlsa := "_25._tcp.mx." + domain
+		tlsa := w.tlsaName("mx." + domain)
 		w.dns.SetTTL(tlsa, dns.TypeTLSA, freshTTL)
 		d := startDaemon(t, config)
 		table := d.socketmap(t, "tlspolicy")

@@ -212,32 +212,42 @@ func (w *world) verifiedMX(t *testing.T, domain, ip string) mxHost {
 	return mxHost{domain, host, ip, fakemx.Options{Hostname: host, TLS: w.verifiedTLS(t, host)}}
 }
 
-// daneMX is verifiedMX, and publishes "_25._tcp.mx.<domain>" TLSA 3 1 1
-// with the SHA-256 digest of the certificate's public key (a usable
-// DANE-EE record that the server's certificate matches). With ad, the
-// domain's MX, the host's addresses and the TLSA records are answered with
-// the AD bit, as a validating resolver answers DNSSEC-signed records (see
-// publishTLSA).
+// daneMX is verifiedMX, and has startMX publish "_PORT._tcp.mx.<domain>"
+// TLSA 3 1 1, PORT being the world's port, with the SHA-256 digest of the
+// certificate's public key (a usable DANE-EE record that the server's
+// certificate matches); see publishTLSA.
 func (w *world) daneMX(t *testing.T, domain, ip string, ad bool) mxHost {
 	t.Helper()
 	host := "mx." + domain
 	cert := w.ca.MustLeaf(t, testca.LeafOptions{DNSNames: []string{host}})
-	w.publishTLSA(t, domain, host, cert, ad, 25)
+	w.tlsa[host] = daneRecord{cert, ad}
 	return mxHost{domain, host, ip, fakemx.Options{Hostname: host,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}}}
 }
 
-// publishTLSA publishes, for each port, "_PORT._tcp.<host>" TLSA 3 1 1
-// with the SHA-256 digest of cert's public key. With ad, domain's MX,
-// host's addresses and the TLSA records are answered with the AD bit.
-func (w *world) publishTLSA(t *testing.T, domain, host string, cert tls.Certificate, ad bool, ports ...int) {
+// daneRecord is the TLSA record an MX host publishes: one that cert
+// matches, with or without the AD bit.
+type daneRecord struct {
+	cert tls.Certificate
+	ad   bool
+}
+
+// tlsaName is the TLSA owner name of host at the world's port: the name
+// the daemon (probe.port) and Postfix (smtp_tcp_port) both look up.
+func (w *world) tlsaName(host string) string { return fmt.Sprintf("_%d._tcp.%s", w.port, host) }
+
+// publishTLSA publishes "_PORT._tcp.<host>" TLSA 3 1 1, PORT being the
+// world's port, with the SHA-256 digest of cert's public key. With ad,
+// domain's MX, host's addresses and the TLSA records are answered with the
+// AD bit, as a validating resolver answers DNSSEC-signed records.
+func (w *world) publishTLSA(t *testing.T, domain, host string, cert tls.Certificate, ad bool) {
 	t.Helper()
-	names := []string{domain, host}
-	for _, port := range ports {
-		tlsa := fmt.Sprintf("_%d._tcp.%s", port, host)
-		w.dns.AddTLSA(tlsa, 3, 1, 1, spkiSHA256(t, cert))
-		names = append(names, tlsa)
+	if w.port == 0 {
+		t.Fatal("world.publishTLSA before startMX: the port is not known")
 	}
+	tlsa := w.tlsaName(host)
+	w.dns.AddTLSA(tlsa, 3, 1, 1, spkiSHA256(t, cert))
+	names := []string{domain, host, tlsa}
 	if ad {
 		for _, name := range names {
 			w.dns.SetAD(name, true)

@@ -29,6 +29,9 @@ type world struct {
 	caFile string // ca.PEM, readable by Postfix's unprivileged processes
 	port   int    // the one port of every fake MX host; 0 before startMX
 	mx     map[string]*fakemx.Server
+	// tlsa holds the TLSA records of MX hosts (by host name) that
+	// startMX publishes once the port is known (see daneMX).
+	tlsa map[string]daneRecord
 }
 
 // mxHost is one MX host of a destination: the fake DNS gets domain MX host
@@ -56,10 +59,11 @@ func newWorld(t *testing.T) *world {
 func newWorldDNS(t *testing.T, dnsAddr string) *world {
 	t.Helper()
 	w := &world{
-		dns: fakedns.MustStartAt(t, dnsAddr),
-		ca:  testca.MustNew(t),
-		dir: sharedTempDir(t),
-		mx:  map[string]*fakemx.Server{},
+		dns:  fakedns.MustStartAt(t, dnsAddr),
+		ca:   testca.MustNew(t),
+		dir:  sharedTempDir(t),
+		mx:   map[string]*fakemx.Server{},
+		tlsa: map[string]daneRecord{},
 	}
 	f, err := w.ca.WritePEM(w.dir)
 	if err != nil {
@@ -124,6 +128,9 @@ func (w *world) startMX(t *testing.T, hosts ...mxHost) {
 		w.dns.AddMX(h.domain, pref[h.domain], h.host)
 		w.dns.AddA(h.host, h.ip)
 		w.mx[h.host] = servers[i]
+		if r, ok := w.tlsa[h.host]; ok {
+			w.publishTLSA(t, h.domain, h.host, r.cert, r.ad)
+		}
 	}
 }
 
