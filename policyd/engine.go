@@ -22,9 +22,12 @@ import (
 type Engine struct {
 	rules    atomic.Pointer[rules.Rules]
 	findings FindingsSource // nil: rules only
-	pins     *pinBook       // nil: no pins
-	history  *recorder      // nil: no decision history
-	log      *slog.Logger   // where log.decisions: all writes; nil: nowhere
+	// cache is findings when that is the findings cache itself, which the
+	// lookup path then calls directly (see cachedFindings).
+	cache   *tlsprobe.Cache[Findings]
+	pins    *pinBook     // nil: no pins
+	history *recorder    // nil: no decision history
+	log     *slog.Logger // where log.decisions: all writes; nil: nowhere
 }
 
 // FindingsSource is what the engine needs from the findings cache (a
@@ -47,8 +50,38 @@ type FindingsSource interface {
 // findings of src when src is not nil.
 func NewEngine(rs *rules.Rules, src FindingsSource) *Engine {
 	e := &Engine{findings: src}
+	e.cache, _ = src.(*tlsprobe.Cache[Findings])
 	e.rules.Store(rs)
 	return e
+}
+
+// The findings source's calls on the lookup path. A lookup's target
+// borrows its strings from the lookup's key buffer (rules.KeyView.Borrow),
+// so that a lookup answered from memory allocates nothing. Called directly
+// on the findings cache, which copies what it keeps, the buffer stays on
+// the stack; a call through the FindingsSource interface would move it to
+// the heap on every lookup, since the compiler cannot see what an
+// interface's method keeps. Other sources (tests' fakes) get a copy.
+func (e *Engine) cachedFindings(t tlsprobe.Target) (Findings, bool) {
+	if e.cache != nil {
+		return e.cache.Get(t)
+	}
+	return e.findings.Get(t.Clone())
+}
+
+func (e *Engine) prefetch(t tlsprobe.Target) {
+	if e.cache != nil {
+		e.cache.Prefetch(t)
+		return
+	}
+	e.findings.Prefetch(t.Clone())
+}
+
+func (e *Engine) waitFindings(ctx context.Context, t tlsprobe.Target) (Findings, bool) {
+	if e.cache != nil {
+		return e.cache.Lookup(ctx, t)
+	}
+	return e.findings.Lookup(ctx, t.Clone())
 }
 
 // Rules returns the rule set in force.
@@ -93,7 +126,7 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 	r.MarkMatched()
 	floor := r.Floor(class)
 	if e.consultsEvidence(rs, r, v.Kind, floor) {
-		return e.lookupEvidence(ctx, rs, mapName, v.Key(), r, class, floor)
+		return e.lookupEvidence(ctx, rs, mapName, v, r, class, floor)
 	}
 	a := policyAnswer(rs, floor)
 	if changed := v.Kind != rules.KeyParent && e.changed(mapName, v.Name, a); changed || e.logsAll(rs) {
@@ -105,11 +138,15 @@ func (e *Engine) LookupTable(ctx context.Context, mapName string, key []byte) wi
 // lookupEvidence is LookupTable for a destination whose answer evidence
 // could raise. It is a function of its own so that the rule-only path
 // keeps a small stack frame.
-func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, mapName string, k rules.Key, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
-	d := Decision{rules: rs, Key: k, Class: class, Rule: r, Floor: floor}
+func (e *Engine) lookupEvidence(ctx context.Context, rs *rules.Rules, mapName string, v rules.KeyView, r *rules.Rule, class *rules.Class, floor rules.Level) wire.Answer {
+	// The key borrows the lookup's buffer (see cachedFindings). It stays
+	// out of d, which record keeps parts of: the compiler cannot tell
+	// which, and would move the buffer to the heap.
+	k := v.Borrow()
+	d := Decision{rules: rs, Class: class, Rule: r, Floor: floor}
 	d.setLevel(floor)
-	e.raise(ctx, &d, rs.Settings.ProbeWait, false)
-	if changed := e.changed(mapName, []byte(k.Name), d.Answer); changed || e.logsAll(rs) {
+	e.raise(ctx, &d, k, rs.Settings.ProbeWait, false)
+	if changed := e.changed(mapName, v.Name, d.Answer); changed || e.logsAll(rs) {
 		e.record(rs, mapName, k.String(), r, d.Answer, &d, changed)
 	}
 	return d.Answer
@@ -140,7 +177,7 @@ func (e *Engine) Decide(ctx context.Context, destination, sender string, wait ti
 	}
 	d := decideFromRules(rs, destination, class)
 	if d.Found() && e.consultsEvidence(rs, d.Rule, d.Key.Kind, d.Floor) {
-		e.raise(ctx, &d, wait, true)
+		e.raise(ctx, &d, d.Key, wait, true)
 	}
 	return d
 }
@@ -157,7 +194,8 @@ func (e *Engine) consultsEvidence(rs *rules.Rules, r *rules.Rule, kind rules.Key
 	return !floor.AtLeast(r.Upgrade.Cap()) || rs.WantsPublished(r, kind) || e.pins.any()
 }
 
-// raise applies the evidence to a decision made from the rules. Published
+// raise applies the evidence to a decision made from the rules for key k.
+// Published
 // policies (DANE, then MTA-STS) apply whenever their source is enabled and
 // the rule does not opt out; otherwise a destination whose rule allows
 // upgrades is raised to what its pin and probe showed, capped by the
@@ -169,13 +207,13 @@ func (e *Engine) consultsEvidence(rs *rules.Rules, r *rules.Rule, kind rules.Key
 // no pin. One that a rule or a pin answers is answered at once, and its
 // evidence gathered in the background for the next lookup; patient (query)
 // waits anyway.
-func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration, patient bool) {
-	t, ok := targetOf(d.Key)
+func (e *Engine) raise(ctx context.Context, d *Decision, k rules.Key, wait time.Duration, patient bool) {
+	t, ok := targetOf(k)
 	if !ok {
 		return
 	}
 	limit := d.Rule.Upgrade.Cap()
-	wantPublished := d.rules.WantsPublished(d.Rule, d.Key.Kind)
+	wantPublished := d.rules.WantsPublished(d.Rule, k.Kind)
 	// A pin answers at once, without waiting for a probe. The probe is
 	// still kept fresh in the background: a pin that is never re-probed
 	// would never be confirmed (it would lapse) and a downgrade never seen.
@@ -183,7 +221,7 @@ func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration, pat
 		d.Pin = pin
 		d.raiseTo(rules.Lower(pinLevel(pin), limit))
 		if d.Level.AtLeast(limit) && !wantPublished {
-			e.findings.Prefetch(t)
+			e.prefetch(t)
 			return
 		}
 	}
@@ -191,8 +229,8 @@ func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration, pat
 		return // nothing evidence could add
 	}
 	if known := d.Pin != nil || d.Rule.Index >= 0; known && !patient {
-		if d.Findings, d.Probed = e.findings.Get(t); !d.Probed {
-			e.findings.Prefetch(t)
+		if d.Findings, d.Probed = e.cachedFindings(t); !d.Probed {
+			e.prefetch(t)
 			d.Pending = true
 			return
 		}
@@ -200,7 +238,7 @@ func (e *Engine) raise(ctx context.Context, d *Decision, wait time.Duration, pat
 		d.Waited = true
 		return
 	}
-	if l, text, why := published(d.rules, d.Rule, d.Key, d.Findings); l != rules.LevelUnset {
+	if l, text, why := published(d.rules, d.Rule, k, d.Findings); l != rules.LevelUnset {
 		// A published policy decides when it protects at least as well as
 		// the answer so far; probes do not override it.
 		if l.Meets(d.Level) {
@@ -225,12 +263,12 @@ func (e *Engine) findingsFor(ctx context.Context, t tlsprobe.Target, wait time.D
 	if e.findings == nil {
 		return Findings{}, false
 	}
-	if f, ok := e.findings.Get(t); ok {
+	if f, ok := e.cachedFindings(t); ok {
 		return f, true
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	return e.findings.Lookup(wctx, t)
+	return e.waitFindings(wctx, t)
 }
 
 // fallbackRoute answers transport_maps: the fallback route of a

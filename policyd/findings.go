@@ -171,7 +171,19 @@ func validPostfixHostname(name string) bool {
 	if name == "" || len(name) > 255 || strings.Trim(name, "0123456789.") == "" {
 		return false
 	}
-	for label := range strings.SplitSeq(name, ".") {
+	// Labels are cut by index, not strings.SplitSeq, whose iterator makes
+	// the compiler move name to the heap: name may borrow a lookup's
+	// buffer (rules.KeyView.Borrow).
+	for rest := name; rest != ""; {
+		label := rest
+		if i := strings.IndexByte(rest, '.'); i >= 0 {
+			label, rest = rest[:i], rest[i+1:]
+			if rest == "" {
+				return false // a trailing dot: an empty last label
+			}
+		} else {
+			rest = ""
+		}
 		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
 			return false
 		}

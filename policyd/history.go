@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -283,7 +284,8 @@ func (e *Engine) changed(mapName string, name []byte, a wire.Answer) bool {
 // evidence): with log.decisions: all it logs it, changed or not, and a
 // changed one goes to the recorder.
 func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision, changed bool) {
-	rec := state.Decision{Time: e.clock(), Destination: destination, Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
+	// A lookup's destination borrows the lookup's buffer: keep a copy.
+	rec := state.Decision{Time: e.clock(), Destination: strings.Clone(destination), Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
 	if d != nil {
 		rec.Evidence = evidenceOf(d)
 	}

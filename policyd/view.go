@@ -83,7 +83,7 @@ func (e *Engine) PeekClass(destination string, class *rules.Class) Decision {
 	pe.rules.Store(rs)
 	d := decideFromRules(rs, destination, class)
 	if d.Found() && pe.consultsEvidence(rs, d.Rule, d.Key.Kind, d.Floor) {
-		pe.raise(context.Background(), &d, 0, false)
+		pe.raise(context.Background(), &d, d.Key, 0, false)
 	}
 	return d
 }

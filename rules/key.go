@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"golang.org/x/net/idna"
 )
@@ -101,6 +102,15 @@ type KeyView struct {
 // bytes).
 func (v KeyView) Key() Key {
 	name := string(v.Name)
+	return Key{Kind: v.Kind, Name: name, Host: name[v.hostOff:v.hostEnd], Port: v.port, Direct: v.direct}
+}
+
+// Borrow is Key without the copy: the Key's strings share the view's
+// bytes. It is for a lookup that only reads the key while the bytes stay
+// as they are (the caller's buffer is not written again); whatever keeps
+// a string of it beyond that must copy it (strings.Clone).
+func (v KeyView) Borrow() Key {
+	name := unsafe.String(unsafe.SliceData(v.Name), len(v.Name))
 	return Key{Kind: v.Kind, Name: name, Host: name[v.hostOff:v.hostEnd], Port: v.port, Direct: v.direct}
 }
 

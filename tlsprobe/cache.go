@@ -3,6 +3,7 @@ package tlsprobe
 import (
 	"cmp"
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,8 @@ type Cache[V Evidence] struct {
 	flights  map[string]*flight[V]
 	closed   bool
 	due      dueQueue[V]
+	// lookups counts lookups by result, per shard (see lookupCounter).
+	lookups []lookupCounter
 }
 
 // shard holds successes and failures apart, each with its own TTL, so a
@@ -181,7 +184,9 @@ func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key st
 		sem:      make(chan struct{}, cfg.MaxConcurrent),
 		flights:  make(map[string]*flight[V]),
 		due:      dueQueue[V]{max: cfg.Size},
+		lookups:  make([]lookupCounter, numShards),
 	}
+	cfg.Metrics.countLookups(c.lookups)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if tick := cmp.Or(cfg.DueTick, DefaultDueTick); tick > 0 {
 		c.wg.Add(1)
@@ -203,13 +208,21 @@ func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key st
 	return c
 }
 
-func (c *Cache[V]) shard(key string) *shard[V] {
-	h := uint32(2166136261) // FNV-1a, inline: no allocation
+func (c *Cache[V]) shard(key string) *shard[V] { return &c.shards[shardOf(key)] }
+
+// shardOf is the shard of key: FNV-1a, inline, no allocation.
+func shardOf(key string) uint32 {
+	h := uint32(2166136261)
 	for i := 0; i < len(key); i++ {
 		h ^= uint32(key[i])
 		h *= 16777619
 	}
-	return &c.shards[h%numShards]
+	return h % numShards
+}
+
+// missed counts a lookup of key that found nothing.
+func (c *Cache[V]) missed(key string) {
+	c.lookups[shardOf(key)].n[cacheMiss].Add(1)
 }
 
 // Len returns the number of cached results.
@@ -225,18 +238,19 @@ func (c *Cache[V]) Len() int {
 // background refresh when the result is due for one.
 func (c *Cache[V]) Get(t Target) (V, bool) {
 	key := t.Key()
+	i := shardOf(key)
 	now := c.cfg.Now()
-	e, ok := c.shard(key).load(key)
+	e, ok := c.shards[i].load(key)
 	if !ok || !now.Before(e.expires) {
 		var zero V
 		return zero, false
 	}
 	e.markRead()
 	if !now.Before(e.refreshAt) {
-		c.cfg.Metrics.cacheLookup(cacheStale)
+		c.lookups[i].n[cacheStale].Add(1)
 		c.start(t, key)
 	} else {
-		c.cfg.Metrics.cacheLookup(cacheHit)
+		c.lookups[i].n[cacheHit].Add(1)
 	}
 	return e.res, true
 }
@@ -249,7 +263,7 @@ func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 	if r, ok := c.Get(t); ok {
 		return r, true
 	}
-	c.cfg.Metrics.cacheLookup(cacheMiss)
+	c.missed(t.Key())
 	var zero V
 	f := c.start(t, t.Key())
 	if f == nil {
@@ -301,7 +315,7 @@ func (c *Cache[V]) Prefetch(t Target) {
 	if _, ok := c.Get(t); ok {
 		return
 	}
-	c.cfg.Metrics.cacheLookup(cacheMiss)
+	c.missed(t.Key())
 	c.start(t, t.Key())
 }
 
@@ -329,10 +343,14 @@ func (c *Cache[V]) start(t Target, key string) *flight[V] {
 		c.cfg.Metrics.queueFull()
 		return nil
 	}
+	// t and key may borrow the caller's buffer (a lookup's key): keep
+	// copies, in variables of their own so that the compiler sees that
+	// the originals are not kept.
+	kept, keptKey := t.Clone(), strings.Clone(key)
 	f := &flight[V]{done: make(chan struct{})}
-	c.flights[key] = f
+	c.flights[keptKey] = f
 	c.wg.Add(1)
-	go c.run(t, key, f)
+	go c.run(kept, keptKey, f)
 	return f
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Lifetimes of the caches under test, on the fake clock.
@@ -143,10 +144,16 @@ func canceled() context.Context {
 // checkCounts checks the cache's request metrics.
 func checkCounts(t *testing.T, m *Metrics, hit, stale, miss float64) {
 	t.Helper()
-	got := [3]float64{
-		testutil.ToFloat64(m.cache.WithLabelValues("hit")),
-		testutil.ToFloat64(m.cache.WithLabelValues("stale")),
-		testutil.ToFloat64(m.cache.WithLabelValues("miss")),
+	var got [3]float64
+	ch := make(chan prometheus.Metric, 3)
+	m.lookups.Collect(ch)
+	close(ch)
+	for metric := range ch {
+		var pb dto.Metric
+		if err := metric.Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		got[map[string]int{"hit": 0, "stale": 1, "miss": 2}[pb.GetLabel()[0].GetValue()]] = pb.GetCounter().GetValue()
 	}
 	if want := [3]float64{hit, stale, miss}; got != want {
 		t.Errorf("cache requests hit, stale, miss = %v, want %v", got, want)

@@ -1,6 +1,8 @@
 package tlsprobe
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -12,14 +14,12 @@ type Metrics struct {
 	duration       prometheus.Histogram
 	inFlight       prometheus.Gauge
 	privateRefused prometheus.Counter
-	cache          *prometheus.CounterVec
-	// cacheResults are cache's children, resolved once: a lookup that hits
-	// the cache is on the daemon's hot path, and WithLabelValues hashes the
-	// label and takes the vector's lock on every call.
-	cacheResults [numCacheResults]prometheus.Counter
-	evictions    prometheus.Counter
-	entries      prometheus.Gauge
-	dropped      prometheus.Counter
+	// lookups is tlspolicyd_probe_cache_requests_total, read from the
+	// cache's own counters at scrape time (see lookupCounter).
+	lookups   *lookupCollector
+	evictions prometheus.Counter
+	entries   prometheus.Gauge
+	dropped   prometheus.Counter
 }
 
 // NewMetrics creates and registers the collectors on reg.
@@ -34,8 +34,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		inFlight: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_probes_in_flight", Help: "Probes running now."}),
 		privateRefused: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_private_addresses_refused_total",
 			Help: "MX addresses not probed because they are loopback, private, link-local or reserved."}),
-		cache: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_probe_cache_requests_total",
-			Help: "Probe cache lookups by result: hit (fresh), stale (hit, refresh started), miss."}, []string{"result"}),
+		lookups: &lookupCollector{desc: prometheus.NewDesc("tlspolicyd_probe_cache_requests_total",
+			"Probe cache lookups by result: hit (fresh), stale (hit, refresh started), miss.", []string{"result"}, nil)},
 		evictions: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_cache_evictions_total",
 			Help: "Probe results dropped from the cache (expired or pushed out by size)."}),
 		entries: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_probe_cache_entries", Help: "Probe results in the cache."}),
@@ -45,8 +45,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, c := range Causes() {
 		m.probes.WithLabelValues(c.String())
 	}
-	for r := range m.cacheResults {
-		m.cacheResults[r] = m.cache.WithLabelValues(cacheResult(r).String())
+	if reg != nil {
+		reg.MustRegister(m.lookups)
 	}
 	return m
 }
@@ -84,9 +84,43 @@ const (
 
 func (r cacheResult) String() string { return [...]string{"hit", "stale", "miss"}[r] }
 
-func (m *Metrics) cacheLookup(r cacheResult) {
+// lookupCounter counts a cache's lookups by result. A lookup that hits
+// the cache is on the daemon's hot path: a counter shared by every CPU
+// would make each hit wait for the cache line holding it, so each shard of
+// the cache counts its own lookups, on a cache line of its own, and a
+// scrape sums them.
+type lookupCounter struct {
+	n [numCacheResults]atomic.Uint64
+	_ [64 - 8*numCacheResults%64]byte
+}
+
+// lookupCollector exports the lookup counts of the cache that uses these
+// metrics (a Metrics serves one cache).
+type lookupCollector struct {
+	desc   *prometheus.Desc
+	counts atomic.Pointer[[]lookupCounter]
+}
+
+func (c *lookupCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *lookupCollector) Collect(ch chan<- prometheus.Metric) {
+	var sum [numCacheResults]uint64
+	if counts := c.counts.Load(); counts != nil {
+		for i := range *counts {
+			for r := range sum {
+				sum[r] += (*counts)[i].n[r].Load()
+			}
+		}
+	}
+	for r, n := range sum {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), cacheResult(r).String())
+	}
+}
+
+// countLookups makes counts the lookup counters these metrics export.
+func (m *Metrics) countLookups(counts []lookupCounter) {
 	if m != nil {
-		m.cacheResults[r].Inc()
+		m.lookups.counts.Store(&counts)
 	}
 }
 

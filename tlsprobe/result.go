@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -107,6 +108,14 @@ type Target struct {
 	Name   string // lower-case A-label domain or host name, or an IP literal
 	Direct bool   // probe Name itself, skipping the MX lookup
 	Port   int
+}
+
+// Clone returns t with a copy of its name, for keeping a target whose name
+// borrows a buffer that will be reused.
+func (t Target) Clone() Target {
+	// A new value rather than t with its Name replaced: the compiler then
+	// sees that nothing of t is kept.
+	return Target{Name: strings.Clone(t.Name), Direct: t.Direct, Port: t.Port}
 }
 
 // Key is the cache key of a target.

@@ -27,6 +27,9 @@ var keys = []string{
 	"SomeOne.TEST",            // no rule, mixed case
 }
 
+// noRule is the index in keys of a key that no rule names.
+const noRule = 3
+
 // mapName is the socketmap name Postfix puts before the key.
 const mapName = "tlspolicy"
 

@@ -49,9 +49,9 @@ type options struct {
 	// generator itself with taskset on the other CPUs.
 	serverCPU string
 	// upgrade is the defaults' upgrade setting: "none" measures rule-only
-	// answers; "encrypt" sends every lookup through the pins and the probe
-	// cache, as the shipped rules.yaml does (the probes fail at once, DNS
-	// being dead, so lookups hit cached failures).
+	// answers (MTA-STS off, DNS dead); "encrypt" is the shipped rules.yaml's
+	// path: MTA-STS on, and lookups answered from the probe cache, which
+	// holds what the daemon found probing a fake world (see world).
 	upgrade string
 }
 
@@ -70,7 +70,7 @@ func main() {
 	flag.StringVar(&conns, "conns", "1,8,64", "comma-separated connection counts")
 	flag.IntVar(&o.rounds, "rounds", 3, "runs per target and concurrency; the median is reported")
 	flag.BoolVar(&o.json, "json", false, "print JSON instead of tables")
-	flag.StringVar(&o.upgrade, "upgrade", "none", "the daemon's defaults.upgrade: none (rule-only answers) or encrypt (through the probe cache)")
+	flag.StringVar(&o.upgrade, "upgrade", "none", "the daemon's defaults.upgrade: none (rule-only answers) or encrypt (the shipped path: MTA-STS on, answers from the probe cache)")
 	flag.StringVar(&o.serverCPU, "server-cpus", "", "pin both servers to these CPUs with taskset (e.g. 1); run loadgen itself under taskset -c 0")
 	flag.Parse()
 	var err error
@@ -139,12 +139,19 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	deadDNS, err := freeAddr()
+	var w *world
+	if o.upgrade != "none" {
+		if w, err = startWorld(dir); err != nil {
+			return err
+		}
+		defer w.close()
+	}
+	text, err := daemonConfig(daemonAddr, dir, w, o.upgrade)
 	if err != nil {
 		return err
 	}
 	config := filepath.Join(dir, "tlspolicyd.yaml")
-	if err := os.WriteFile(config, []byte(daemonConfig(daemonAddr, deadDNS, dir, o.upgrade)), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		return err
 	}
 
@@ -159,6 +166,11 @@ func run(ctx context.Context, o options) error {
 	}
 	defer daemon.stop()
 
+	if w != nil {
+		if err := w.probed(ctx, daemonAddr); err != nil {
+			return daemon.failure(err)
+		}
+	}
 	targets := []target{{"reference", ref}, {"daemon", daemon}}
 	for _, t := range targets {
 		got, err := answers(ctx, t.child.addr)
@@ -225,18 +237,25 @@ func run(ctx context.Context, o options) error {
 }
 
 // daemonConfig is the daemon's configuration for the run: rules that give
-// the key mix every kind of match. MTA-STS is off and DNS points at a
-// loopback port nobody listens on, so no lookup leaves the machine and the
-// run measures the socketmap path, not the network.
-func daemonConfig(listen, dns, dir, upgrade string) string {
+// the key mix every kind of match. Without a world (w nil), MTA-STS is off
+// and DNS points at a loopback port nobody listens on; with one, DNS is the
+// world's and MTA-STS on, as shipped. Either way no lookup leaves the
+// machine and the run measures the socketmap path, not the network.
+func daemonConfig(listen, dir string, w *world, upgrade string) (string, error) {
+	sources := ""
+	if w == nil {
+		dead, err := freeAddr()
+		if err != nil {
+			return "", err
+		}
+		sources = fmt.Sprintf("dns:\n  servers: [%q]\n  timeout: 1s\nmtasts:\n  enabled: false\n", dead)
+	} else {
+		sources = fmt.Sprintf("dns:\n  servers: [%q]\n  timeout: 1s\nprobe:\n  port: %s\n  ca_file: %q\n  allow_private: true\nmtasts:\n  enabled: true\n",
+			w.dns.Addr(), w.port, w.caFile)
+	}
 	return fmt.Sprintf(`listen:
   socketmap: %s
-dns:
-  servers: ["%s"]
-  timeout: 1s
-mtasts:
-  enabled: false
-state:
+%sstate:
   path: %s
 defaults:
   level: may
@@ -248,7 +267,7 @@ destinations:
     level: encrypt
   - match: "[relay.example.net]:587"
     level: secure
-`, listen, dns, filepath.Join(dir, "state.db"), upgrade)
+`, listen, sources, filepath.Join(dir, "state.db"), upgrade), nil
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
