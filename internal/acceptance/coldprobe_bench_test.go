@@ -1,0 +1,271 @@
+package acceptance
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/fakedns"
+	"github.com/tlspolicyd/tlspolicyd/internal/fakemx"
+	"github.com/tlspolicyd/tlspolicyd/internal/testca"
+)
+
+// BenchmarkColdProbe measures the daemon probing destinations it has never
+// seen: coldDomains domains, each with its own MX host name (so each needs
+// a probe of its own; coldHosts fake MX servers, on addresses of their own,
+// serve them), looked up at once over coldConns connections as Postfix's
+// smtp processes would, with the shipped defaults (upgrade: encrypt,
+// MTA-STS on). It reports the wall time until every domain is answered
+// from its probe, probes per second, the daemon's peak goroutines and peak
+// resident memory, and the p99 of rule-only lookups made on another
+// connection while the probes run, against the same lookups on the idle
+// daemon. It is one measurement, not a b.N loop; run it once:
+//
+//	go test -run '^$' -bench ColdProbe -benchtime 1x ./internal/acceptance/
+func BenchmarkColdProbe(b *testing.B) {
+	const (
+		coldDomains = 1000
+		coldHosts   = 10
+		coldConns   = 64
+		idleWindow  = 3 * time.Second
+	)
+	dir := b.TempDir()
+	ca, err := testca.New("cold probe CA")
+	if err != nil {
+		b.Fatal(err)
+	}
+	caFile, err := ca.WritePEM(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dns, err := fakedns.Start("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dns.Close()
+	hosts := make([]fakemx.Host, coldHosts)
+	names := make([]string, coldDomains)
+	for i := range names {
+		names[i] = fmt.Sprintf("cold%04d.bench.test", i)
+	}
+	for h := range hosts {
+		// One certificate per server, naming the MX host of each domain it
+		// serves.
+		var mxNames []string
+		for i := h; i < coldDomains; i += coldHosts {
+			mxNames = append(mxNames, "mx."+names[i])
+		}
+		cert, err := ca.Leaf(testca.LeafOptions{DNSNames: mxNames})
+		if err != nil {
+			b.Fatal(err)
+		}
+		hosts[h] = fakemx.Host{IP: fmt.Sprintf("127.0.21.%d", h+1), Options: fakemx.Options{
+			Hostname: "mx.cold.bench.test", TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Timeout: time.Minute}}
+	}
+	servers, err := fakemx.StartGroup(hosts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(servers[0].Addr())
+	for i, name := range names {
+		dns.AddMX(name, 10, "mx."+name)
+		dns.AddA("mx."+name, hosts[i%coldHosts].IP)
+	}
+
+	ports := benchPorts(b, 2)
+	bd := &benchDaemon{socketmap: ports[0], http: ports[1], log: filepath.Join(dir, "daemon.log")}
+	bd.start(b, filepath.Join(dir, "cold.yaml"), fmt.Sprintf(`listen:
+  socketmap: %s
+  http: %s
+dns:
+  servers: [%q]
+probe:
+  port: %s
+  ca_file: %q
+  allow_private: true
+state:
+  path: %s
+defaults:
+  level: may
+  upgrade: encrypt
+destinations:
+  - match: ruled.bench.test
+    level: verify
+`, bd.socketmap, bd.http, dns.Addr(), port, caFile, filepath.Join(dir, "state.db")))
+	defer bd.stop(b)
+	const ruled = "OK verify protocols=>=TLSv1.2"
+
+	idle := ruleOnlyLatencies(b, bd.socketmap, ruled, func(time.Duration) bool { return true }, idleWindow)
+
+	peak := watchDaemon(b, bd)
+	var left atomic.Int64
+	left.Store(coldDomains)
+	start := time.Now()
+	var busy []time.Duration
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		busy = ruleOnlyLatencies(b, bd.socketmap, ruled, func(time.Duration) bool { return left.Load() > 0 }, 0)
+	})
+	var conns sync.WaitGroup
+	for c := range coldConns {
+		conns.Go(func() {
+			for i := c; i < coldDomains; i += coldConns {
+				lookupUntil(b, bd.socketmap, names[i], "OK "+encrypt)
+				left.Add(-1)
+			}
+		})
+	}
+	conns.Wait()
+	wall := time.Since(start)
+	wg.Wait()
+	goroutines, rss := peak()
+
+	probes := bd.metric(b, "tlspolicyd_probes_total", "")
+	slices.Sort(idle)
+	slices.Sort(busy)
+	p99 := func(l []time.Duration) time.Duration {
+		if len(l) == 0 {
+			b.Fatal("no rule-only lookup measured")
+		}
+		return l[len(l)*99/100]
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(wall.Seconds(), "wall-s")
+	b.ReportMetric(coldDomains/wall.Seconds(), "domains/s")
+	b.ReportMetric(float64(goroutines), "peak-goroutines")
+	b.ReportMetric(float64(rss)/(1<<20), "peak-rss-MiB")
+	b.ReportMetric(float64(p99(busy).Microseconds()), "busy-p99-µs")
+	b.ReportMetric(float64(p99(idle).Microseconds()), "idle-p99-µs")
+	b.Logf("%d never-seen domains over %d connections: every one answered from its probe after %v (%.0f domains/s, %v probes); peak %d goroutines, peak RSS %.1f MiB",
+		coldDomains, coldConns, wall.Round(time.Millisecond), coldDomains/wall.Seconds(), probes, goroutines, float64(rss)/(1<<20))
+	b.Logf("rule-only lookups on another connection: p99 %v while probing (%d lookups), %v idle (%d lookups, %v)",
+		p99(busy), len(busy), p99(idle), len(idle), idleWindow)
+}
+
+// ruleOnlyLatencies looks up a destination a rule answers, one request at
+// a time on one connection, while more(elapsed) holds, or for window if it
+// is not 0, and returns each lookup's latency.
+func ruleOnlyLatencies(b *testing.B, addr, want string, more func(time.Duration) bool, window time.Duration) []time.Duration {
+	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		b.Error(err)
+		return nil
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	req := []byte(fmt.Sprintf("%d:tlspolicy ruled.bench.test,", len("tlspolicy ruled.bench.test")))
+	var lat []time.Duration
+	start := time.Now()
+	for {
+		elapsed := time.Since(start)
+		if window > 0 && elapsed >= window || window == 0 && !more(elapsed) {
+			return lat
+		}
+		t0 := time.Now()
+		c.SetDeadline(t0.Add(ioTimeout))
+		if _, err := c.Write(req); err != nil {
+			b.Error(err)
+			return lat
+		}
+		reply, err := readNetstring(r, 100000)
+		if err != nil || reply != want {
+			b.Errorf("rule-only lookup: %q, %v; want %q", reply, err, want)
+			return lat
+		}
+		lat = append(lat, time.Since(t0))
+	}
+}
+
+// lookupUntil looks key up on a connection of its own until the answer is
+// want (the first lookup waits at most probe.wait, then gets the floor).
+func lookupUntil(b *testing.B, addr, key, want string) {
+	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	req := []byte(fmt.Sprintf("%d:tlspolicy %s,", len("tlspolicy ")+len(key), key))
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		if _, err := c.Write(req); err != nil {
+			b.Error(err)
+			return
+		}
+		reply, err := readNetstring(r, 100000)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		if reply == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.Errorf("%s not answered %q within a minute", key, want)
+}
+
+// watchDaemon samples the daemon's goroutines (/metrics) and resident
+// memory (/proc) every 20 ms until the returned function is called, which
+// returns the peaks.
+func watchDaemon(b *testing.B, bd *benchDaemon) func() (goroutines int, rss int64) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var maxG int
+	var maxRSS int64
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if g := int(bd.metric(b, "go_goroutines", "")); g > maxG {
+				maxG = g
+			}
+			if r := residentBytes(bd.cmd.Process.Pid); r > maxRSS {
+				maxRSS = r
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, int64) {
+		close(stop)
+		<-done
+		return maxG, maxRSS
+	}
+}
+
+// residentBytes is a process's resident set size (VmRSS), or 0.
+func residentBytes(pid int) int64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(status)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
