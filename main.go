@@ -140,12 +140,28 @@ func command(name, usage string, args []string, nargs int, stderr io.Writer, add
 	return p, rest, -1
 }
 
-func check(args []string, stdout, stderr io.Writer) int {
-	p, _, code := command("check", "usage: tlspolicyd check [-config FILE]", args, 0, stderr, nil)
-	if code >= 0 {
-		return code
+// loadServeConfig validates the configuration as serve needs it, the same
+// for serve and check, and prints its errors on stderr.
+func loadServeConfig(config string, stderr io.Writer) (*rules.Rules, bool) {
+	p, err := policyd.LoadConfig(config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, false
 	}
-	config := p.File
+	return p, true
+}
+
+// check exits 1 exactly when serve would refuse the configuration.
+func check(args []string, stdout, stderr io.Writer) int {
+	config, rest, ok := flags("check", args, stderr, nil)
+	if !ok || len(rest) > 0 {
+		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE]")
+		return 2
+	}
+	p, ok := loadServeConfig(config, stderr)
+	if !ok {
+		return 1
+	}
 	for _, w := range p.Warnings {
 		fmt.Fprintf(stderr, "%s (warning)\n", w)
 	}
@@ -240,9 +256,8 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: tlspolicyd serve [-config FILE]")
 		return 2
 	}
-	p, err := rules.LoadFile(config)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	p, ok := loadServeConfig(config, stderr)
+	if !ok {
 		slog.New(slog.NewTextHandler(stderr, nil)).Error("configuration is invalid; not starting", "config", config)
 		return 1
 	}
@@ -282,13 +297,10 @@ func serve(args []string, stderr io.Writer) int {
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
 			if err := d.Reload(); err != nil {
-				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err)
+				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err,
+					"fix", "correct the file (tlspolicyd check -config "+config+" lists every problem), then reload again")
 			} else {
-				now := d.Engine.Rules().Settings
-				level.Set(now.LogLevel)
-				if now.LogFormat != p.Settings.LogFormat {
-					log.Warn("log.format changed; it takes effect at the next restart")
-				}
+				level.Set(d.Engine.Rules().Settings.LogLevel)
 				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Rules().Rules))
 			}
 			continue

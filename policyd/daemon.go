@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -40,7 +39,10 @@ type Daemon struct {
 	pages   *template.Template
 	sums    summaryCache
 	started time.Time
-	loaded  atomic.Int64 // when the rules in force were loaded, Unix nanoseconds
+	// settings are those the daemon started with: what it built its
+	// listeners, store and prober from, which a reload does not change.
+	settings rules.Settings
+	loaded   atomic.Int64 // when the rules in force were loaded, Unix nanoseconds
 
 	mu      sync.Mutex // guards reloads; lookups never take it
 	servers []*wire.Server
@@ -126,6 +128,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 		now:     time.Now,
 	}
 	d.started = d.now()
+	d.settings = p.Settings
 	d.configLoaded(p)
 	d.registerSummaryMetrics(opts.Registerer)
 	opts.Logger.Info("state loaded", "path", p.Settings.StatePath, "pins", len(pins), "probe_results", len(probes))
@@ -169,10 +172,9 @@ func (d *Daemon) Start() error {
 		d.servers = append(d.servers, &wire.Server{
 			Protocol: p.name,
 			Codec:    p.codec,
-			// A lookup may wait probe.wait for a probe; the reply must
-			// still make its deadline. (A reload that lengthens the wait
-			// applies to connections opened after a restart.)
-			RequestTimeout: max(wire.DefaultRequestTimeout, s.ProbeWait+5*time.Second),
+			// Time for a lookup that waits probe.wait; a reload that
+			// changes probe.wait applies here after a restart.
+			RequestTimeout: requestTimeout(s),
 			Logger:         d.log.With("protocol", p.name),
 			Metrics:        d.wire.Protocol(p.name),
 		})
@@ -186,9 +188,6 @@ func (d *Daemon) Start() error {
 		}
 		httpL = l
 		d.addrs["http"] = l.Addr()
-	}
-	if len(listeners) == 0 && httpL == nil {
-		return errors.New("no listener is configured (set listen.socketmap, listen.tcptable or another listen key)")
 	}
 	d.history.start()
 	for i, srv := range d.servers {
@@ -221,23 +220,23 @@ func (d *Daemon) Start() error {
 // which port the system chose.
 func (d *Daemon) Addr(protocol string) net.Addr { return d.addrs[protocol] }
 
-// Reload loads the configuration file again and puts it in force. An
-// invalid file is refused: the running rules stay, and the error is
-// returned (and counted) so the operator sees it in the log and metrics.
+// Reload loads the configuration file again and puts it in force. A file
+// that would not start the daemon is refused (LoadConfig, as serve and
+// check validate): the running rules stay, and the error is returned (and
+// counted) so the operator sees it in the log and metrics. Settings that
+// only a restart applies are logged when they differ from those the daemon
+// started with, on every reload until the restart.
 func (d *Daemon) Reload() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old := d.Engine.Rules()
-	p, err := rules.LoadFile(old.File)
+	file := d.Engine.Rules().File
+	p, err := LoadConfig(file)
 	if err != nil {
 		d.metrics.Reload(false)
 		return err
 	}
-	if p.Settings.Listen != old.Settings.Listen || p.Settings.SocketMode != old.Settings.SocketMode {
-		d.log.Warn("listen addresses changed; they take effect at the next restart")
-	}
-	if !sameProbing(p.Settings, old.Settings) {
-		d.log.Warn("dns, probe or minimum_tls settings changed; probes use the new ones after the next restart")
+	for _, msg := range restartOnly(d.settings, p.Settings) {
+		d.log.Warn(msg, "config", file)
 	}
 	d.Engine.SetRules(p)
 	for _, w := range p.Warnings {
@@ -280,14 +279,6 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("state store: %w", err))
 	}
 	return errors.Join(errs...)
-}
-
-// sameProbing reports whether two settings probe alike.
-func sameProbing(a, b rules.Settings) bool {
-	return slices.Equal(a.DNSServers, b.DNSServers) && a.DNSTimeout == b.DNSTimeout && a.DNSMinTTL == b.DNSMinTTL &&
-		a.ProbePort == b.ProbePort && a.ProbeHelo == b.ProbeHelo && a.ProbeTimeout == b.ProbeTimeout &&
-		a.ProbeTTL == b.ProbeTTL && a.ProbeNegTTL == b.ProbeNegTTL && a.ProbeCAFile == b.ProbeCAFile &&
-		a.AllowPrivate == b.AllowPrivate && a.MinimumTLS == b.MinimumTLS
 }
 
 // configLoaded records a configuration taking effect.

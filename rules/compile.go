@@ -87,6 +87,7 @@ func Compile(file string, cfg Config, root *yaml.Node) (*Rules, error) {
 		p.policies[l] = RenderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)
 	}
 	p.Warnings = c.warnings
+	p.serve = serveFacts{empty: root == nil, listenLine: lineOf(root, "listen"), statePathLine: lineOf(root, "state", "path")}
 	return p, nil
 }
 

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"gopkg.in/yaml.v3"
 )
@@ -183,17 +185,37 @@ const maxConfigSize = 64 << 20
 func LoadFile(path string) (*Rules, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+		return nil, ConfigErrors{{File: path, Msg: readErrorMsg(err)}}
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
-		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+		return nil, ConfigErrors{{File: path, Msg: readErrorMsg(err)}}
 	}
 	if len(data) > maxConfigSize {
 		return nil, ConfigErrors{{File: path, Msg: fmt.Sprintf("file is larger than %d bytes", maxConfigSize)}}
 	}
 	return Load(path, data)
+}
+
+// readErrorMsg says why the configuration file could not be read and what
+// to do. The file's name already starts the error line, so the cause is
+// given without it.
+func readErrorMsg(err error) string {
+	cause := err
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		cause = pe.Err
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Sprintf("cannot read the configuration: %v (write it there, or name it with -config FILE)", cause)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Sprintf("cannot read the configuration: %v (make it readable by the user running tlspolicyd)", cause)
+	case errors.Is(err, syscall.EISDIR):
+		return fmt.Sprintf("cannot read the configuration: %v (name the YAML file itself with -config FILE)", cause)
+	}
+	return fmt.Sprintf("cannot read the configuration: %v", cause)
 }
 
 // Load parses and compiles configuration data; name is used in errors.

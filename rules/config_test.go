@@ -134,11 +134,15 @@ func TestConfigErrorText(t *testing.T) {
 	}
 }
 
-func TestLoadFileMissing(t *testing.T) {
+func TestLoadFileUnreadable(t *testing.T) {
 	t.Parallel()
-	_, err := LoadFile("testdata/does-not-exist.yaml")
-	if err == nil || !strings.HasPrefix(err.Error(), "testdata/does-not-exist.yaml: open ") {
-		t.Errorf("error = %v", err)
+	for file, want := range map[string]string{
+		"testdata/does-not-exist.yaml": "testdata/does-not-exist.yaml: cannot read the configuration: no such file or directory (write it there, or name it with -config FILE)",
+		"testdata":                     "testdata: cannot read the configuration: is a directory (name the YAML file itself with -config FILE)",
+	} {
+		if _, err := LoadFile(file); err == nil || err.Error() != want {
+			t.Errorf("LoadFile(%s) = %v\nwant %s", file, err, want)
+		}
 	}
 }
 

@@ -213,6 +213,8 @@ type Rules struct {
 	// policies holds the rendered Postfix policy for each level, prepared
 	// once so that a lookup answers without formatting or allocating.
 	policies [LevelDaneOnly + 1]string
+
+	serve serveFacts
 }
 
 // PolicyText is the Postfix TLS policy that carries level l, e.g.

@@ -153,3 +153,67 @@ func TestCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckRefusesWhatServeRefuses: check fails, with the very lines serve
+// gives, on a file that serve refuses although its keys are valid; and it
+// accepts a state file still to be created without creating anything.
+func TestCheckRefusesWhatServeRefuses(t *testing.T) {
+	t.Parallel()
+	valid := listenInet + hermetic + rules
+	tests := []struct {
+		name, config string
+		want         string // after "FILE", in the first line of both outputs
+	}{
+		{"empty", "", ": the file is empty or holds only comments: "},
+		{"only comments", "# tlspolicyd\n#\n# " + strings.ReplaceAll(valid, "\n", "\n# ") + "\n", ": the file is empty or holds only comments: "},
+		{"no listener", hermetic + rules, ":1: no listener is configured: "},
+		{"state.path under a regular file", strings.Replace(valid, "path: @DIR@/state.db", "path: @DIR@/regular/state.db", 1),
+			fmt.Sprintf(":%d: state.path: ", lineOf(t, valid, "path: @DIR@"))},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "regular"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			path := writeStatic(t, dir, tc.config)
+			code, out := runCLI(t, dir, "check", "-config", path)
+			if code != 1 || !strings.HasPrefix(out, path+tc.want) {
+				t.Errorf("check: exit %d, want 1 and output starting %q; output:\n%s", code, path+tc.want, out)
+			}
+			serveCode, serveOut := runCLI(t, dir, "serve", "-config", path)
+			if serveCode != 1 || !strings.HasPrefix(serveOut, out) {
+				t.Errorf("serve: exit %d, want 1 and the lines check gave:\n%s\noutput:\n%s", serveCode, out, serveOut)
+			}
+		})
+	}
+
+	t.Run("state.path says why and what to do", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		regular := filepath.Join(dir, "regular")
+		if err := os.WriteFile(regular, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		path := writeStatic(t, dir, strings.Replace(valid, "path: @DIR@/state.db", "path: @DIR@/regular/state.db", 1))
+		_, out := runCLI(t, dir, "check", "-config", path)
+		want := fmt.Sprintf("%s:%d: state.path: %s/state.db cannot be created: %s is not a directory (set state.path to a file in a directory, e.g. /var/lib/tlspolicyd/state.db)\n",
+			path, lineOf(t, valid, "path: @DIR@"), regular, regular)
+		if out != want {
+			t.Errorf("check output:\n%s\nwant\n%s", out, want)
+		}
+	})
+
+	t.Run("state.path to be created", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		path := writeStatic(t, dir, strings.Replace(valid, "path: @DIR@/state.db", "path: @DIR@/new/state.db", 1))
+		if code, out := runCLI(t, dir, "check", "-config", path); code != 0 {
+			t.Errorf("check: exit %d, want 0; output:\n%s", code, out)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+			t.Errorf("check left %d entries in %s, want only the configuration", len(entries), dir)
+		}
+	})
+}
