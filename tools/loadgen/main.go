@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/benchworld"
 )
 
 type options struct {
@@ -139,12 +141,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	var w *world
+	var w *benchworld.World
 	if o.upgrade != "none" {
 		if w, err = startWorld(dir); err != nil {
 			return err
 		}
-		defer w.close()
+		defer w.Close()
 	}
 	text, err := daemonConfig(daemonAddr, dir, w, o.upgrade)
 	if err != nil {
@@ -167,7 +169,7 @@ func run(ctx context.Context, o options) error {
 	defer daemon.stop()
 
 	if w != nil {
-		if err := w.probed(ctx, daemonAddr); err != nil {
+		if err := probed(ctx, w, daemonAddr); err != nil {
 			return daemon.failure(err)
 		}
 	}
@@ -241,7 +243,7 @@ func run(ctx context.Context, o options) error {
 // and DNS points at a loopback port nobody listens on; with one, DNS is the
 // world's and MTA-STS on, as shipped. Either way no lookup leaves the
 // machine and the run measures the socketmap path, not the network.
-func daemonConfig(listen, dir string, w *world, upgrade string) (string, error) {
+func daemonConfig(listen, dir string, w *benchworld.World, upgrade string) (string, error) {
 	sources := ""
 	if w == nil {
 		dead, err := freeAddr()
@@ -250,8 +252,7 @@ func daemonConfig(listen, dir string, w *world, upgrade string) (string, error) 
 		}
 		sources = fmt.Sprintf("dns:\n  servers: [%q]\n  timeout: 1s\nmtasts:\n  enabled: false\n", dead)
 	} else {
-		sources = fmt.Sprintf("dns:\n  servers: [%q]\n  timeout: 1s\nprobe:\n  port: %s\n  ca_file: %q\n  allow_private: true\nmtasts:\n  enabled: true\n",
-			w.dns.Addr(), w.port, w.caFile)
+		sources = w.Config() + "mtasts:\n  enabled: true\n"
 	}
 	return fmt.Sprintf(`listen:
   socketmap: %s
