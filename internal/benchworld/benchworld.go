@@ -66,7 +66,9 @@ func Start(dir string, domains []string) (*World, error) {
 }
 
 // Config is the part of a daemon configuration that points it at the
-// world: dns, and probe (loopback addresses allowed).
+// world: dns, and probe (loopback addresses allowed). It ends inside the
+// probe mapping, so a caller may append more probe keys, indented by two
+// spaces.
 func (w *World) Config() string {
 	return fmt.Sprintf("dns:\n  servers: [%q]\n  timeout: 1s\nprobe:\n  port: %s\n  ca_file: %q\n  allow_private: true\n",
 		w.DNS.Addr(), w.Port, w.CAFile)
