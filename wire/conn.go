@@ -247,14 +247,17 @@ func (c *Conn) serveOne() error {
 // deadlineSlack is how far a deadline may lag behind its ideal value before
 // it is moved. Setting a deadline updates a timer in the runtime's poller,
 // which costs about as much as answering a cached lookup; re-arming at most
-// once a second per connection keeps it off the per-request path.
+// once a second per connection keeps it off the per-request path. A lagging
+// deadline that fires is moved to its ideal value and the read or write
+// goes on, so that no wait ends before its time.
 const deadlineSlack = time.Second
 
 // deadlineConn is the connection as its bufio reader and writer see it.
 // bufio calls Read only when it has no buffered bytes left, so a request
 // that arrived whole costs no deadline at all; a read while idle is bounded
 // by IdleTimeout from the last request, a read in the middle of a request
-// and every write by RequestTimeout from the request's first byte.
+// and every write by RequestTimeout from the request's first byte. Those
+// deadlines are fixed points: bytes trickling in do not move them.
 type deadlineConn struct{ c *Conn }
 
 func (d deadlineConn) Read(p []byte) (int, error) {
@@ -267,7 +270,14 @@ func (d deadlineConn) Read(p []byte) (int, error) {
 		c.nc.SetReadDeadline(c.srv.epoch.Add(want))
 		c.readDeadline = want
 	}
-	return c.nc.Read(p)
+	for {
+		n, err := c.nc.Read(p)
+		if n > 0 || !early(err, c.readDeadline, want) {
+			return n, err
+		}
+		c.nc.SetReadDeadline(c.srv.epoch.Add(want))
+		c.readDeadline = want
+	}
 }
 
 func (d deadlineConn) Write(p []byte) (int, error) {
@@ -277,7 +287,22 @@ func (d deadlineConn) Write(p []byte) (int, error) {
 		c.nc.SetWriteDeadline(c.srv.epoch.Add(want))
 		c.writeDeadline = want
 	}
-	return c.nc.Write(p)
+	written := 0
+	for {
+		n, err := c.nc.Write(p[written:])
+		written += n
+		if !early(err, c.writeDeadline, want) {
+			return written, err
+		}
+		c.nc.SetWriteDeadline(c.srv.epoch.Add(want))
+		c.writeDeadline = want
+	}
+}
+
+// early reports whether err is a deadline that fired before its time: the
+// armed deadline cur lagged behind want (see deadlineSlack).
+func early(err error, cur, want time.Duration) bool {
+	return err != nil && cur != want && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // unarmed is the armed deadline of a connection that has none yet: far

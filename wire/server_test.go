@@ -249,6 +249,81 @@ func TestServerRequestTimeout(t *testing.T) {
 	}
 }
 
+func TestServerIdleTimeoutCountsFromLastRequest(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.IdleTimeout = time.Second
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	// Requests 600 ms apart: each comes within the idle timeout of the one
+	// before, though the last comes later than the timeout after the first
+	// (and after accept): each request restarts the count.
+	for i, key := range []string{"a.test", "b.test", "c.test"} {
+		if i > 0 {
+			time.Sleep(600 * time.Millisecond)
+		}
+		if got, want := c.query("tlspolicy", key), "OK verify match="+key; got != want {
+			t.Fatalf("request %d: reply %q, want %q", i+1, got, want)
+		}
+	}
+	last := time.Now()
+	c.expectClosed()
+	if idle := time.Since(last); idle < 900*time.Millisecond {
+		t.Errorf("closed %v after the last request, want no sooner than the idle timeout (1s)", idle)
+	}
+}
+
+// TestServerRequestDeadlineHoldsAgainstTrickle sends a request one byte
+// every 100 ms: each gap is far below the request timeout, the whole
+// request far above it. A deadline that moved with each byte would let the
+// request through; the request deadline counts from its first byte.
+func TestServerRequestDeadlineHoldsAgainstTrickle(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.RequestTimeout = 500 * time.Millisecond
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	req := appendNetstring(nil, "tlspolicy a-rather-long-trickled-key.example")
+
+	closed := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c.r) // until the server closes
+		closed <- b
+	}()
+	first := time.Now()
+	sent := 0
+	var reply []byte
+	done := false
+	for ; sent < len(req) && !done; sent++ {
+		if _, err := c.conn.Write(req[sent : sent+1]); err != nil {
+			break
+		}
+		select {
+		case reply = <-closed:
+			done = true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if !done {
+		select {
+		case reply = <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the connection is still open 5s after the whole request was sent")
+		}
+	}
+	if len(reply) > 0 {
+		t.Errorf("the trickled request was answered %q, want the connection closed at its deadline", reply)
+	}
+	if sent == len(req) {
+		t.Errorf("all %d bytes of the request were sent over %v before the connection closed; want it closed %v after the first byte",
+			len(req), time.Since(first).Round(time.Millisecond), ws.RequestTimeout)
+	}
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log := ws.log.String(); !strings.Contains(log, "request timed out") {
+		t.Errorf("timeout not logged:\n%s", log)
+	}
+}
+
 func TestServerMaxConns(t *testing.T) {
 	m := newTestMetrics()
 	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
