@@ -167,13 +167,15 @@ func (d *Daemon) Start() error {
 		listeners = append(listeners, l)
 		d.addrs[p.name] = l.Addr()
 		d.servers = append(d.servers, &wire.Server{
-			Protocol: p.name,
-			Codec:    p.codec,
+			Protocol:    p.name,
+			Codec:       p.codec,
+			MaxConns:    s.MaxConnections,
+			IdleTimeout: s.IdleTimeout,
 			// A lookup may wait probe.wait for a probe; the reply must
 			// still make its deadline. (A reload that lengthens the wait
 			// applies to connections opened after a restart.)
 			RequestTimeout: max(wire.DefaultRequestTimeout, s.ProbeWait+5*time.Second),
-			Logger:         d.log.With("protocol", p.name),
+			Logger:         d.log, // the server labels its lines with the protocol
 			Metrics:        d.wire.Protocol(p.name),
 		})
 	}
@@ -234,7 +236,7 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	if p.Settings.Listen != old.Settings.Listen || p.Settings.SocketMode != old.Settings.SocketMode {
-		d.log.Warn("listen addresses changed; they take effect at the next restart")
+		d.log.Warn("listen settings changed; they take effect at the next restart")
 	}
 	if !sameProbing(p.Settings, old.Settings) {
 		d.log.Warn("dns, probe or minimum_tls settings changed; probes use the new ones after the next restart")
