@@ -116,6 +116,8 @@ func restartOnly(start, now rules.Settings) []string {
 		{"listen.exim", func(s rules.Settings) any { return s.Listen.Exim }, ""},
 		{"listen.http", func(s rules.Settings) any { return s.Listen.HTTP }, ""},
 		{"listen.socket_mode", func(s rules.Settings) any { return s.SocketMode }, ""},
+		{"listen.max_connections", func(s rules.Settings) any { return s.MaxConnections }, ""},
+		{"listen.idle_timeout", func(s rules.Settings) any { return s.IdleTimeout }, ""},
 		{"state.path", func(s rules.Settings) any { return s.StatePath }, ""},
 		{"state.pin_ttl", func(s rules.Settings) any { return s.PinTTL }, ""},
 		{"log.format", func(s rules.Settings) any { return s.LogFormat }, ""},

@@ -170,12 +170,14 @@ func (d *Daemon) Start() error {
 		listeners = append(listeners, l)
 		d.addrs[p.name] = l.Addr()
 		d.servers = append(d.servers, &wire.Server{
-			Protocol: p.name,
-			Codec:    p.codec,
+			Protocol:    p.name,
+			Codec:       p.codec,
+			MaxConns:    s.MaxConnections,
+			IdleTimeout: s.IdleTimeout,
 			// Time for a lookup that waits probe.wait; a reload that
 			// changes probe.wait applies here after a restart.
 			RequestTimeout: requestTimeout(s),
-			Logger:         d.log.With("protocol", p.name),
+			Logger:         d.log, // the server labels its lines with the protocol
 			Metrics:        d.wire.Protocol(p.name),
 		})
 	}

@@ -113,6 +113,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	} else {
 		s.SocketMode = os.FileMode(mode)
 	}
+	c.connectionLimits(s, cfg.Listen)
 
 	for i, srv := range cfg.DNS.Servers {
 		addr, err := normalizeDNSServer(srv)
@@ -173,6 +174,27 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	s.MinimumTLS = cfg.MinimumTLS
 	if s.MinTLSVersion = tlsVersion(cfg.MinimumTLS); s.MinTLSVersion == 0 {
 		c.errorf([]any{"minimum_tls"}, "minimum_tls: %q is not a TLS version (write one of %s)", cfg.MinimumTLS, tlsVersionNames())
+	}
+}
+
+// Bounds of the connection settings. More connections than maxConnections
+// per listener is a typo more likely than a need (Postfix holds one per
+// smtp process); an idle timeout under minIdleTimeout would close
+// connections between the lookups of one delivery.
+const (
+	maxConnections = 100000
+	minIdleTimeout = time.Second
+)
+
+// connectionLimits checks listen.max_connections and listen.idle_timeout.
+func (c *compiler) connectionLimits(s *Settings, l ListenConfig) {
+	if l.MaxConnections < 1 || l.MaxConnections > maxConnections {
+		c.errorf([]any{"listen", "max_connections"}, "listen.max_connections: %d is not a number of connections from 1 to %d (write e.g. 1000, the default; each connection holds a file descriptor)", l.MaxConnections, maxConnections)
+	}
+	s.MaxConnections = l.MaxConnections
+	c.duration(&s.IdleTimeout, l.IdleTimeout, false, "listen", "idle_timeout")
+	if s.IdleTimeout > 0 && s.IdleTimeout < minIdleTimeout {
+		c.errorf([]any{"listen", "idle_timeout"}, "listen.idle_timeout: %s is too short (write at least %s; 60s is the default, and Postfix closes its own idle connections after 10s)", s.IdleTimeout, minIdleTimeout)
 	}
 }
 

@@ -48,6 +48,12 @@ type ListenConfig struct {
 	// SocketMode is the octal file mode of unix sockets ("0666" by
 	// default, so that Postfix's unprivileged processes can connect).
 	SocketMode string `yaml:"socket_mode"`
+	// MaxConnections caps each protocol listener's connections; when one
+	// is full, a new connection is admitted by closing an idle one.
+	MaxConnections int `yaml:"max_connections"`
+	// IdleTimeout closes a connection with no request for this long,
+	// counted from its last request or from accept.
+	IdleTimeout string `yaml:"idle_timeout"`
 }
 
 // HTTPConfig protects listen.http: the status page and the API list the
@@ -136,7 +142,7 @@ type ClassConfig struct {
 // decodes a file over it, so keys left out keep these values.
 func DefaultConfig() Config {
 	return Config{
-		Listen: ListenConfig{SocketMode: "0666"},
+		Listen: ListenConfig{SocketMode: "0666", MaxConnections: 1000, IdleTimeout: "60s"},
 		Log:    LogConfig{Level: "info", Format: "text", Decisions: "changes"},
 		DNS:    DNSConfig{Timeout: "5s", MinTTL: "1m"},
 		Probe: ProbeConfig{

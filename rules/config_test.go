@@ -68,9 +68,11 @@ func TestDefaultsOfEmptyFile(t *testing.T) {
 		ProbeTimeout: 30 * time.Second, ProbeTTL: 6 * time.Hour, ProbeNegTTL: 10 * time.Minute,
 		ProbeWait: 5 * time.Second, StatePath: "/var/lib/tlspolicyd/state.db", PinTTL: 720 * time.Hour,
 		MTASTSEnabled: true, PostfixVersion: Version{3, 7}, MinimumTLS: "TLSv1.2",
+		MaxConnections: 1000, IdleTimeout: 60 * time.Second,
 	}
 	want.Listen.SocketMode = "0666"
 	if s.SocketMode != want.SocketMode || s.DNSTimeout != want.DNSTimeout || s.ProbePort != want.ProbePort ||
+		s.MaxConnections != want.MaxConnections || s.IdleTimeout != want.IdleTimeout ||
 		s.ProbeTimeout != want.ProbeTimeout || s.ProbeTTL != want.ProbeTTL || s.ProbeNegTTL != want.ProbeNegTTL ||
 		s.ProbeWait != want.ProbeWait || s.StatePath != want.StatePath || s.PinTTL != want.PinTTL ||
 		s.MTASTSEnabled != want.MTASTSEnabled || s.PostfixVersion != want.PostfixVersion || s.MinimumTLS != want.MinimumTLS {
@@ -78,6 +80,14 @@ func TestDefaultsOfEmptyFile(t *testing.T) {
 	}
 	if p.Defaults.Level != LevelMay || p.Defaults.Upgrade != UpgradeEncrypt {
 		t.Errorf("default rule = %+v", p.Defaults)
+	}
+}
+
+func TestConnectionSettings(t *testing.T) {
+	t.Parallel()
+	p := mustLoad(t, "listen:\n  max_connections: 100\n  idle_timeout: 1s\n")
+	if s := p.Settings; s.MaxConnections != 100 || s.IdleTimeout != time.Second {
+		t.Errorf("max_connections %d, idle_timeout %v; want 100 and 1s", s.MaxConnections, s.IdleTimeout)
 	}
 }
 

@@ -143,6 +143,12 @@ type Class struct {
 type Settings struct {
 	Listen     ListenConfig
 	SocketMode os.FileMode
+
+	// MaxConnections and IdleTimeout bound each protocol listener's
+	// connections (listen.max_connections, listen.idle_timeout).
+	MaxConnections int
+	IdleTimeout    time.Duration
+
 	DNSServers []string
 	DNSTimeout time.Duration
 	// DNSMinTTL is the shortest time a published record is kept before

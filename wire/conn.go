@@ -27,11 +27,15 @@ type Conn struct {
 
 	nc  net.Conn
 	srv *Server
+	key string       // the client it belongs to, see clientOf
 	log *slog.Logger // carries protocol and remote address
 	// debug caches whether log logs at debug level, which a logger never
 	// changes, so that requests do not ask the handler each time.
 	debug bool
-	state atomic.Uint32
+	// state is the connection's state word (see stateWord): written by
+	// the connection's goroutine as requests begin and end, and read by
+	// Shutdown, Close and a full listener looking for an idle connection.
+	state atomic.Uint64
 	names [4]string // recently seen map names, see internName
 	// start is when the current (or last) request's first byte arrived,
 	// on the server's clock; deadlines are computed from it. The armed
@@ -40,6 +44,17 @@ type Conn struct {
 	start                       time.Duration
 	readDeadline, writeDeadline time.Duration
 	stats                       *ConnStats // this connection's request counters; nil without metrics
+
+	// Where the connection sits in its Server's connTable; guarded by
+	// the Server's mu, never touched by the request path.
+	client    *client // nil once removed from the table
+	heapIndex int     // index in client.conns
+	// idleSince is since when the connection is idle, as the table last
+	// reckoned it: the later of its state word's time and busyUntil.
+	idleSince time.Duration
+	// busyUntil is the deadline of the last request the table saw in
+	// progress on the connection.
+	busyUntil time.Duration
 }
 
 // Elapsed returns the time since the current request's first byte, for
@@ -47,13 +62,40 @@ type Conn struct {
 func (c *Conn) Elapsed() time.Duration { return c.srv.clock() - c.start }
 
 // Connection states. A connection moves idle -> active when a request's
-// first byte arrives and back when its reply is flushed; Shutdown closes only
-// connections it can move from idle to closed, so it never cuts a reply.
+// first byte arrives and back when its reply is flushed; only its own
+// goroutine makes these moves. Shutdown, and a full listener admitting a
+// new connection, close only connections they can move from idle to
+// closed, so they never cut a request or its reply; Close closes any.
 const (
-	stateIdle uint32 = iota
+	stateIdle uint64 = iota
 	stateActive
 	stateClosed
+	stateBits = 2 // the bits of the state word that hold the state
 )
+
+// stateWord packs a state with a time on the server's clock: when the
+// current or last request began, or when the connection was accepted if it
+// has had none. That time is where the idle timeout counts from, and what a
+// full listener compares to find the longest-idle connection. Keeping both
+// in one word lets the compare-and-swap that marks a request's start or end
+// publish the time too, without another atomic operation per request.
+// (Times are offsets from the server's start, never negative, and 62 bits
+// of nanoseconds last a century.)
+func stateWord(state uint64, since time.Duration) uint64 {
+	return uint64(since)<<stateBits | state
+}
+
+// wordState and wordSince unpack a state word.
+func wordState(w uint64) uint64        { return w & (1<<stateBits - 1) }
+func wordSince(w uint64) time.Duration { return time.Duration(w >> stateBits) }
+
+// claimIdle moves an idle connection to closed and reports whether it did;
+// the caller then closes the network connection. A connection that is mid-
+// request, or already closed, is left alone.
+func (c *Conn) claimIdle() bool {
+	w := c.state.Load()
+	return wordState(w) == stateIdle && c.state.CompareAndSwap(w, stateClosed)
+}
 
 // RemoteAddr returns the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
@@ -138,48 +180,75 @@ func (c *Conn) internName(b []byte) string {
 	return s
 }
 
-// newConn registers an accepted connection, or closes it and returns nil if
-// the server is over its connection cap or shutting down.
+// newConn registers an accepted connection. When the listener is full it
+// first closes the idle connection that connTable.evict chooses; if none is
+// idle, or the server is shutting down, it closes nc instead and returns
+// nil.
 func (s *Server) newConn(nc net.Conn) *Conn {
+	key := clientOf(nc) // may make a system call: not under mu
 	s.mu.Lock()
 	if s.inShutdown.Load() {
 		s.mu.Unlock()
 		nc.Close()
 		return nil
 	}
-	if len(s.conns) >= s.maxConns() {
-		s.mu.Unlock()
-		// Counted before the close, so that whoever sees the close also
-		// sees the count.
-		if s.Metrics != nil {
-			s.Metrics.Rejected.Inc()
+	now := s.clock()
+	var victim *Conn
+	var victimSince time.Duration
+	if s.conns.n >= s.maxConns() {
+		victim, victimSince = s.conns.evict(key, now)
+		if victim == nil {
+			s.mu.Unlock()
+			s.refuse(nc, key)
+			return nil
 		}
-		remote := nc.RemoteAddr().String()
-		nc.Close()
-		s.logger().Warn("connection refused: too many connections",
-			"protocol", s.Protocol, "remote", remote, "max_conns", s.maxConns())
-		return nil
 	}
 	c := &Conn{
 		nc:    nc,
 		srv:   s,
+		key:   key,
 		log:   s.logger().With("protocol", s.Protocol, "remote", nc.RemoteAddr().String()),
-		start: s.clock(), // the idle timeout runs from here until the first request
+		start: now, // the idle timeout runs from here until the first request
 		// No deadline is armed yet.
 		readDeadline:  unarmed,
 		writeDeadline: unarmed,
 	}
+	c.state.Store(stateWord(stateIdle, now))
 	c.debug = c.log.Enabled(context.Background(), slog.LevelDebug)
 	c.R = bufio.NewReader(deadlineConn{c})
 	c.W = bufio.NewWriter(deadlineConn{c})
-	s.conns[c] = struct{}{}
+	s.conns.add(c)
 	s.wg.Add(1) // under mu, ordered before Shutdown's Wait by inShutdown
 	s.mu.Unlock()
+	if victim != nil {
+		// Counted and logged before the close, so that whoever sees the
+		// close also sees them.
+		if s.Metrics != nil {
+			s.Metrics.Evicted.Inc()
+		}
+		victim.log.Warn("closed an idle connection to admit a new one: listener full",
+			"client", victim.key, "idle", (now - victimSince).Round(time.Millisecond),
+			"new_remote", nc.RemoteAddr().String(), "max_connections", s.maxConns())
+		victim.nc.Close()
+	}
 	if s.Metrics != nil {
 		s.Metrics.Open.Inc()
 		c.stats = s.Metrics.OpenConn()
 	}
 	return c
+}
+
+// refuse closes a new connection that a full listener cannot admit: every
+// connection it could close is in the middle of a request.
+func (s *Server) refuse(nc net.Conn, key string) {
+	// Counted and logged before the close, so that whoever sees the close
+	// also sees them.
+	if s.Metrics != nil {
+		s.Metrics.Rejected.Inc()
+	}
+	s.logger().Warn("connection refused: listener full and no connection idle",
+		"protocol", s.Protocol, "remote", nc.RemoteAddr().String(), "client", key, "max_connections", s.maxConns())
+	nc.Close()
 }
 
 // serve runs the connection's request loop. A panic in the codec closes this
@@ -205,9 +274,10 @@ func (c *Conn) serve() {
 	}
 }
 
-// errIdleClosed ends the loop of a connection that Shutdown closed while it
-// was idle, or that went idle during a shutdown.
-var errIdleClosed = errors.New("connection closed by shutdown")
+// errIdleClosed ends the loop of a connection that was closed while it was
+// idle (by Shutdown, or by a full listener admitting another), or that went
+// idle during a shutdown.
+var errIdleClosed = errors.New("connection closed while idle")
 
 // serveOne waits for the next request and serves it. It is the per-request
 // path: no shared lock, no allocation, and deadlines are armed by
@@ -215,15 +285,16 @@ var errIdleClosed = errors.New("connection closed by shutdown")
 func (c *Conn) serveOne() error {
 	s := c.srv
 	if _, err := c.R.Peek(1); err != nil {
-		if c.state.Load() == stateClosed {
+		if wordState(c.state.Load()) == stateClosed {
 			return errIdleClosed
 		}
 		return idleError{err}
 	}
-	if !c.state.CompareAndSwap(stateIdle, stateActive) {
-		return errIdleClosed // Shutdown got here first
+	start := s.clock()
+	if !c.state.CompareAndSwap(stateWord(stateIdle, c.start), stateWord(stateActive, start)) {
+		return errIdleClosed // Shutdown, or a full listener, got here first
 	}
-	c.start = s.clock()
+	c.start = start
 	err := s.Codec.ServeRequest(s.ctx, c)
 	// Flush even on error: a codec that closes on bad input has written
 	// the reason.
@@ -233,7 +304,7 @@ func (c *Conn) serveOne() error {
 	if err != nil {
 		return err
 	}
-	if !c.state.CompareAndSwap(stateActive, stateIdle) {
+	if !c.state.CompareAndSwap(stateWord(stateActive, c.start), stateWord(stateIdle, c.start)) {
 		return errIdleClosed // Close cut the connection
 	}
 	if s.inShutdown.Load() {
@@ -247,27 +318,37 @@ func (c *Conn) serveOne() error {
 // deadlineSlack is how far a deadline may lag behind its ideal value before
 // it is moved. Setting a deadline updates a timer in the runtime's poller,
 // which costs about as much as answering a cached lookup; re-arming at most
-// once a second per connection keeps it off the per-request path.
+// once a second per connection keeps it off the per-request path. A lagging
+// deadline that fires is moved to its ideal value and the read or write
+// goes on, so that no wait ends before its time.
 const deadlineSlack = time.Second
 
 // deadlineConn is the connection as its bufio reader and writer see it.
 // bufio calls Read only when it has no buffered bytes left, so a request
 // that arrived whole costs no deadline at all; a read while idle is bounded
 // by IdleTimeout from the last request, a read in the middle of a request
-// and every write by RequestTimeout from the request's first byte.
+// and every write by RequestTimeout from the request's first byte. Those
+// deadlines are fixed points: bytes trickling in do not move them.
 type deadlineConn struct{ c *Conn }
 
 func (d deadlineConn) Read(p []byte) (int, error) {
 	c := d.c
 	want := c.start + c.srv.idleTimeout()
-	if c.state.Load() == stateActive {
+	if wordState(c.state.Load()) == stateActive {
 		want = c.start + c.srv.requestTimeout()
 	}
 	if !armed(c.readDeadline, want) {
 		c.nc.SetReadDeadline(c.srv.epoch.Add(want))
 		c.readDeadline = want
 	}
-	return c.nc.Read(p)
+	for {
+		n, err := c.nc.Read(p)
+		if n > 0 || !early(err, c.readDeadline, want) {
+			return n, err
+		}
+		c.nc.SetReadDeadline(c.srv.epoch.Add(want))
+		c.readDeadline = want
+	}
 }
 
 func (d deadlineConn) Write(p []byte) (int, error) {
@@ -277,7 +358,22 @@ func (d deadlineConn) Write(p []byte) (int, error) {
 		c.nc.SetWriteDeadline(c.srv.epoch.Add(want))
 		c.writeDeadline = want
 	}
-	return c.nc.Write(p)
+	written := 0
+	for {
+		n, err := c.nc.Write(p[written:])
+		written += n
+		if !early(err, c.writeDeadline, want) {
+			return written, err
+		}
+		c.nc.SetWriteDeadline(c.srv.epoch.Add(want))
+		c.writeDeadline = want
+	}
+}
+
+// early reports whether err is a deadline that fired before its time: the
+// armed deadline cur lagged behind want (see deadlineSlack).
+func early(err error, cur, want time.Duration) bool {
+	return err != nil && cur != want && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // unarmed is the armed deadline of a connection that has none yet: far
@@ -326,7 +422,7 @@ func (c *Conn) close() {
 	c.nc.Close()
 	s := c.srv
 	s.mu.Lock()
-	delete(s.conns, c)
+	s.conns.remove(c)
 	s.mu.Unlock()
 	if s.Metrics != nil {
 		s.Metrics.Open.Dec()

@@ -11,9 +11,10 @@
 //   - exim.go: one request line for Exim's ${readsocket}, one reply line,
 //     then close.
 //
-// The server core bounds connections, puts a deadline on every read and
-// write, recovers from a panic by closing only that connection, and drains
-// gracefully (net/http's Serve, Close, Shutdown). A codec reads one bounded
+// The server core bounds connections (a full listener closes an idle one,
+// chosen per client in conntable.go, to admit a new one), puts a deadline
+// on every read and write, recovers from a panic by closing only that
+// connection, and drains gracefully (net/http's Serve, Close, Shutdown). A codec reads one bounded
 // request, asks the TableLookup or RcptChecker it was built with (the
 // daemon's engine), and writes the reply; bad input gets a reply when one
 // can be framed and closes that connection only. The package knows nothing

@@ -13,6 +13,7 @@ type Metrics struct {
 	requests      *requestCollector
 	connsOpen     *prometheus.GaugeVec
 	connsRejected *prometheus.CounterVec
+	connsEvicted  *prometheus.CounterVec
 	panics        *prometheus.CounterVec
 }
 
@@ -62,7 +63,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.connsOpen = f.NewGaugeVec(prometheus.GaugeOpts{Name: "tlspolicyd_connections_open",
 		Help: "Client connections currently open, by wire protocol."}, []string{"protocol"})
 	m.connsRejected = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_connections_rejected_total",
-		Help: "Connections closed at once because the connection cap was reached."}, []string{"protocol"})
+		Help: "New connections closed at once: the listener was at listen.max_connections and no connection was idle."}, []string{"protocol"})
+	m.connsEvicted = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_connections_evicted_total",
+		Help: "Idle connections closed to admit a new one: the listener was at listen.max_connections."}, []string{"protocol"})
 	m.panics = f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_panics_total",
 		Help: "Panics recovered while serving a connection (each closes only that connection)."}, []string{"protocol"})
 	return m
@@ -74,7 +77,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type ProtocolMetrics struct {
 	*requestStats
 	Open     prometheus.Gauge
-	Rejected prometheus.Counter
+	Rejected prometheus.Counter // new connections refused
+	Evicted  prometheus.Counter // idle connections closed to admit new ones
 	Panics   prometheus.Counter
 }
 
@@ -84,6 +88,7 @@ func (m *Metrics) Protocol(name string) *ProtocolMetrics {
 		requestStats: m.requests.protocol(name),
 		Open:         m.connsOpen.WithLabelValues(name),
 		Rejected:     m.connsRejected.WithLabelValues(name),
+		Evicted:      m.connsEvicted.WithLabelValues(name),
 		Panics:       m.panics.WithLabelValues(name),
 	}
 }

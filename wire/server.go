@@ -15,7 +15,7 @@ import (
 // Defaults for the Server fields left zero.
 const (
 	DefaultMaxConns       = 1000
-	DefaultIdleTimeout    = 5 * time.Minute
+	DefaultIdleTimeout    = 60 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 )
 
@@ -51,13 +51,19 @@ type Codec interface {
 type Server struct {
 	Protocol string // metric and log label, e.g. "socketmap"
 	Codec    Codec
-	// MaxConns caps open connections (0: DefaultMaxConns). Over the cap a new
-	// connection is closed at once and counted in Metrics.Rejected: an MTA
-	// that opens too many must not starve the daemon of file descriptors.
+	// MaxConns caps open connections (0: DefaultMaxConns), so that a peer
+	// that opens too many cannot starve the daemon of file descriptors.
+	// At the cap, a new connection is admitted by closing an idle one
+	// (counted in Metrics.Evicted): the longest-idle connection of the
+	// client holding the most (see connTable), so that idle connections,
+	// however many, never lock a client out. Only when every connection
+	// that could go is in the middle of a request is the new one closed
+	// at once (counted in Metrics.Rejected).
 	MaxConns int
 	// IdleTimeout is how long a connection may wait for the next request's
-	// first byte (0: DefaultIdleTimeout). Postfix closes its own idle
-	// connections much sooner; this reclaims those of vanished peers.
+	// first byte, counted from the last request's first byte or from
+	// accept (0: DefaultIdleTimeout). Postfix closes its own idle
+	// connections sooner; this reclaims those of vanished peers.
 	IdleTimeout time.Duration
 	// RequestTimeout bounds reading the rest of one request, the lookup and
 	// writing the reply (0: DefaultRequestTimeout). Keep it above the
@@ -76,7 +82,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[*onceCloseListener]struct{}
-	conns     map[*Conn]struct{}
+	conns     connTable
 	ctx       context.Context // base context of every request; canceled by Close
 	cancel    context.CancelFunc
 	done      chan struct{} // closed by Close or Shutdown, wakes Serve's back-off
@@ -107,7 +113,7 @@ func (s *Server) initLocked() {
 	}
 	s.epoch = time.Now()
 	s.listeners = make(map[*onceCloseListener]struct{})
-	s.conns = make(map[*Conn]struct{})
+	s.conns = connTable{clients: make(map[string]*client), requestTimeout: s.requestTimeout()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.done = make(chan struct{})
 }
@@ -230,10 +236,10 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	// Connections first: a lookup that returns when its context is
 	// canceled must find its connection closed, not slip a reply out.
-	for c := range s.conns {
+	s.conns.each(func(c *Conn) {
 		c.state.Store(stateClosed)
 		c.nc.Close()
-	}
+	})
 	s.cancel()
 	s.mu.Unlock()
 	return err
@@ -270,9 +276,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) closeIdle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for c := range s.conns {
-		if c.state.CompareAndSwap(stateIdle, stateClosed) {
+	s.conns.each(func(c *Conn) {
+		if c.claimIdle() {
 			c.nc.Close()
 		}
-	}
+	})
 }

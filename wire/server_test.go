@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -249,7 +252,82 @@ func TestServerRequestTimeout(t *testing.T) {
 	}
 }
 
-func TestServerMaxConns(t *testing.T) {
+func TestServerIdleTimeoutCountsFromLastRequest(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.IdleTimeout = time.Second
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	// Requests 600 ms apart: each comes within the idle timeout of the one
+	// before, though the last comes later than the timeout after the first
+	// (and after accept): each request restarts the count.
+	for i, key := range []string{"a.test", "b.test", "c.test"} {
+		if i > 0 {
+			time.Sleep(600 * time.Millisecond)
+		}
+		if got, want := c.query("tlspolicy", key), "OK verify match="+key; got != want {
+			t.Fatalf("request %d: reply %q, want %q", i+1, got, want)
+		}
+	}
+	last := time.Now()
+	c.expectClosed()
+	if idle := time.Since(last); idle < 900*time.Millisecond {
+		t.Errorf("closed %v after the last request, want no sooner than the idle timeout (1s)", idle)
+	}
+}
+
+// TestServerRequestDeadlineHoldsAgainstTrickle sends a request one byte
+// every 100 ms: each gap is far below the request timeout, the whole
+// request far above it. A deadline that moved with each byte would let the
+// request through; the request deadline counts from its first byte.
+func TestServerRequestDeadlineHoldsAgainstTrickle(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.RequestTimeout = 500 * time.Millisecond
+	})
+	c := dialWire(t, "tcp", ws.addr)
+	req := appendNetstring(nil, "tlspolicy a-rather-long-trickled-key.example")
+
+	closed := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c.r) // until the server closes
+		closed <- b
+	}()
+	first := time.Now()
+	sent := 0
+	var reply []byte
+	done := false
+	for ; sent < len(req) && !done; sent++ {
+		if _, err := c.conn.Write(req[sent : sent+1]); err != nil {
+			break
+		}
+		select {
+		case reply = <-closed:
+			done = true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if !done {
+		select {
+		case reply = <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the connection is still open 5s after the whole request was sent")
+		}
+	}
+	if len(reply) > 0 {
+		t.Errorf("the trickled request was answered %q, want the connection closed at its deadline", reply)
+	}
+	if sent == len(req) {
+		t.Errorf("all %d bytes of the request were sent over %v before the connection closed; want it closed %v after the first byte",
+			len(req), time.Since(first).Round(time.Millisecond), ws.RequestTimeout)
+	}
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log := ws.log.String(); !strings.Contains(log, "request timed out") {
+		t.Errorf("timeout not logged:\n%s", log)
+	}
+}
+
+func TestServerFullClosesIdleConnection(t *testing.T) {
 	m := newTestMetrics()
 	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
 		s.MaxConns = 1
@@ -262,13 +340,89 @@ func TestServerMaxConns(t *testing.T) {
 	}
 
 	second := dialWire(t, "tcp", ws.addr)
+	first.expectClosed()
+	if got, want := second.query("tlspolicy", "b.test"), "OK verify match=b.test"; got != want {
+		t.Errorf("new connection on a full listener: %q, want %q", got, want)
+	}
+	if got := metricValue(t, m.Evicted); got != 1 {
+		t.Errorf("evicted connections = %v, want 1", got)
+	}
+	if got := metricValue(t, m.Rejected); got != 0 {
+		t.Errorf("rejected connections = %v, want 0", got)
+	}
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkLogLine(t, ws.log.String(), "closed an idle connection to admit a new one",
+		"protocol", "remote", "client", "idle", "new_remote", "max_connections")
+}
+
+func TestServerFullRefusesWhenNoneIdle(t *testing.T) {
+	m := newTestMetrics()
+	lookup := newBlockingLookup()
+	ws := startWireServer(t, NewSocketmapCodec(lookup), func(s *Server) {
+		s.MaxConns = 1
+		s.Metrics = m
+	})
+	busy := dialWire(t, "tcp", ws.addr)
+	busy.send(string(appendNetstring(nil, "tlspolicy stuck.test")))
+	<-lookup.entered // mid-request: not to be cut
+
+	second := dialWire(t, "tcp", ws.addr)
 	second.expectClosed()
 	if got := metricValue(t, m.Rejected); got != 1 {
 		t.Errorf("rejected connections = %v, want 1", got)
 	}
-	if got, want := first.query("tlspolicy", "b.test"), "OK verify match=b.test"; got != want {
-		t.Errorf("first connection after the rejection: %q, want %q", got, want)
+	if got := metricValue(t, m.Evicted); got != 0 {
+		t.Errorf("evicted connections = %v, want 0", got)
 	}
+	close(lookup.release)
+	if got, want := busy.readNetstring(), "OK encrypt"; got != want {
+		t.Errorf("the busy connection's reply: %q, want %q", got, want)
+	}
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkLogLine(t, ws.log.String(), "connection refused: listener full and no connection idle",
+		"protocol", "remote", "client", "max_connections")
+}
+
+func TestServerFullClosesLongestIdle(t *testing.T) {
+	ws := startWireServer(t, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.MaxConns = 3
+	})
+	a := dialWire(t, "tcp", ws.addr)
+	b := dialWire(t, "tcp", ws.addr)
+	c := dialWire(t, "tcp", ws.addr)
+	for _, conn := range []*wireClient{a, b, c, a} { // b is now the longest idle
+		conn.query("tlspolicy", "x.test")
+		time.Sleep(2 * time.Millisecond) // distinct request times
+	}
+	d := dialWire(t, "tcp", ws.addr)
+	b.expectClosed()
+	for name, conn := range map[string]*wireClient{"a": a, "c": c, "d": d} {
+		if got, want := conn.query("tlspolicy", "y.test"), "OK verify match=y.test"; got != want {
+			t.Errorf("connection %s: %q, want %q", name, got, want)
+		}
+	}
+}
+
+// checkLogLine checks that the log has a line with msg, and that each of
+// attrs appears in it exactly once.
+func checkLogLine(t *testing.T, log, msg string, attrs ...string) {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, "msg=\""+msg) {
+			continue
+		}
+		for _, a := range attrs {
+			if n := strings.Count(line, " "+a+"="); n != 1 {
+				t.Errorf("attribute %s appears %d times in %q, want once", a, n, line)
+			}
+		}
+		return
+	}
+	t.Errorf("no log line %q in:\n%s", msg, log)
 }
 
 func TestServerPanicClosesOnlyThatConnection(t *testing.T) {
@@ -595,5 +749,106 @@ func TestListenUnixRefusesNonSocket(t *testing.T) {
 	}
 	if _, err := Listen("unix:", 0); err == nil {
 		t.Error("Listen accepted an empty socket path")
+	}
+}
+
+// runAsClient runs this test binary as a client of the unix socket at path
+// under user id uid, holding n idle connections, until the test ends. The
+// binary is copied next to the socket, into dir, for the user to run it.
+func runAsClient(t *testing.T, dir, path string, uid uint32, n int) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "client")
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), helperDialEnv+"="+path, helperConnsEnv+"="+strconv.Itoa(n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("the client running as uid %d: %v", uid, err)
+		}
+	})
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("the client running as uid %d: %q, %v", uid, line, err)
+	}
+}
+
+// TestServerUnixShareByUser: over a unix socket, a client is a user. A
+// user filling the listener with idle connections loses its own when
+// another user connects, even though the other user's connection has been
+// idle longer.
+func TestServerUnixShareByUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("running a client as another user needs root")
+	}
+	const nobody = 65534
+	dir, err := os.MkdirTemp("", "wire-share-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "policy.sock")
+	l, err := Listen("unix:"+path, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newTestMetrics()
+	ws := serveWire(t, l, NewSocketmapCodec(wireLookup(fakeAnswers)), func(s *Server) {
+		s.MaxConns = 4
+		s.Metrics = m
+	})
+
+	mine := dialWire(t, "unix", path)
+	mine.query("tlspolicy", "a.test") // tracked, and idle from now on: the longest of all
+	runAsClient(t, dir, path, nobody, 3)
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, m.Open) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v connections open, want 4", metricValue(t, m.Open))
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	newer := dialWire(t, "unix", path)
+	for name, c := range map[string]*wireClient{"new": newer, "longest idle": mine} {
+		if got, want := c.query("tlspolicy", "b.test"), "OK verify match=b.test"; got != want {
+			t.Errorf("root's %s connection: %q, want %q", name, got, want)
+		}
+	}
+	if got := metricValue(t, m.Evicted); got != 1 {
+		t.Errorf("evicted connections = %v, want 1", got)
+	}
+	newer.conn.Close()
+	mine.conn.Close()
+	if err := ws.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log, want := ws.log.String(), fmt.Sprintf("client=uid:%d ", nobody); !strings.Contains(log, want) {
+		t.Errorf("no eviction of a connection of uid %d (%q) logged:\n%s", nobody, want, log)
 	}
 }
