@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -173,8 +174,11 @@ func (d *Daemon) Start() error {
 			// still make its deadline. (A reload that lengthens the wait
 			// applies to connections opened after a restart.)
 			RequestTimeout: max(wire.DefaultRequestTimeout, s.ProbeWait+5*time.Second),
-			Logger:         d.log.With("protocol", p.name),
-			Metrics:        d.wire.Protocol(p.name),
+			// The server adds protocol (and each connection its remote
+			// address) to what it logs; adding them here too would
+			// write them twice on every line.
+			Logger:  d.log,
+			Metrics: d.wire.Protocol(p.name),
 		})
 	}
 	var httpL net.Listener
@@ -203,7 +207,10 @@ func (d *Daemon) Start() error {
 		}()
 	}
 	if httpL != nil {
-		d.http = &http.Server{Handler: d.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		d.http = &http.Server{Handler: d.httpHandler(), ReadHeaderTimeout: 10 * time.Second,
+			// net/http's own complaints (accept errors, panics) go to the
+			// daemon's log, in its format and under its rate limit.
+			ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 		d.log.Info("listening", "protocol", "http", "addr", httpL.Addr().String())
 		d.wg.Add(1)
 		go func() {
@@ -241,7 +248,9 @@ func (d *Daemon) Reload() error {
 	}
 	d.Engine.SetRules(p)
 	for _, w := range p.Warnings {
-		d.log.Warn("configuration", "warning", w.Error())
+		// Each is a different warning under one message: none may be
+		// held back by the log's rate limit.
+		d.log.WarnContext(ratelog.Unlimited(context.Background()), "configuration", "warning", w.Error())
 	}
 	d.metrics.Reload(true)
 	d.configLoaded(p)
