@@ -51,8 +51,8 @@ func TestJSONListsNeverNull(t *testing.T) {
 	check("the last pin removed", "/admin/pins", "[]")
 }
 
-// TestViewMTASTSWithoutMX: a policy without mx lines (mode none has
-// none) shows "mx": [], not null.
+// TestViewMTASTSWithoutMX: a policy without mx lines shows "mx": [], not
+// null.
 func TestViewMTASTSWithoutMX(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(mustLoad(t, "defaults: {level: may}\n"), nil)

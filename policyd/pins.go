@@ -104,7 +104,8 @@ func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pi
 		b.metrics.downgrades.WithLabelValues(p.Level).Inc()
 		// One per pinned destination and probe, each naming a different
 		// destination: the log's rate limit must not hold any back.
-		b.log.WarnContext(ratelog.Unlimited(context.Background()), "possible downgrade attack: a probe saw less than the pinned level; the pin stands",
+		b.log.WarnContext(ratelog.Unlimited(context.Background()),
+			"possible downgrade attack: a probe saw less than the pinned level; the pin stands",
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
 			"pin_expires", p.Expires)
 		if b.downgraded != nil {

@@ -156,7 +156,7 @@ func (v *DestinationView) setFindings(f Findings) {
 	if f.STS != nil {
 		mx := f.STS.MX
 		if mx == nil {
-			mx = []string{} // [] in JSON, not null (a mode none policy has no mx lines)
+			mx = []string{} // [] in JSON, not null, should a stored policy have none
 		}
 		v.MTASTS = &MTASTSView{Mode: f.STS.Mode.String(), ID: f.STS.ID, MX: mx, MaxAge: int64(f.STS.MaxAge / time.Second)}
 	}
