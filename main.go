@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/internal/buildinfo"
+	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -263,7 +264,10 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	var level slog.LevelVar // a reload may change it
 	level.Set(p.Settings.LogLevel)
-	log := newLogger(stderr, p.Settings.LogFormat, &level)
+	log, limiter := newLogger(stderr, p.Settings.LogFormat, &level)
+	// The count of warnings suppressed in the current interval would
+	// otherwise go with the process.
+	defer limiter.Flush()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -288,7 +292,9 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	for _, w := range p.Warnings {
-		log.Warn("configuration", "warning", w.Error())
+		// Each is a different warning under one message, and there are
+		// only as many as the file has: none may be held back.
+		log.WarnContext(ratelog.Unlimited(context.Background()), "configuration", "warning", w.Error())
 	}
 	build := buildinfo.Read()
 	log.Info("tlspolicyd started", "version", build.Version, "revision", build.Revision, "config", config,
@@ -318,11 +324,15 @@ func serve(args []string, stderr io.Writer) int {
 }
 
 // newLogger is the daemon's log: slog to stderr, as text or JSON, at a
-// level that a reload may change.
-func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+// level that a reload may change, with repeated warnings and errors
+// rate-limited (a flood of bad requests must not fill the disk). The
+// limiter's Flush writes the summaries still pending.
+func newLogger(w io.Writer, format string, level *slog.LevelVar) (*slog.Logger, *ratelog.Handler) {
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	limiter := ratelog.New(h, ratelog.Options{})
+	return slog.New(limiter), limiter
 }

@@ -38,7 +38,9 @@ func (d *Daemon) httpHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		d.log.Info("pin added by administrator", "destination", p.Key, "level", p.Level, "expires", p.Expires)
+		// Not "level": that is the record's own (INFO), which a second
+		// "level" would repeat, and in JSON replace for most readers.
+		d.log.Info("pin added by administrator", "destination", p.Key, "pin_level", p.Level, "expires", p.Expires)
 		writeJSON(w, http.StatusOK, p)
 	}))))
 	mux.Handle("DELETE /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

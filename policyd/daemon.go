@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -204,7 +205,10 @@ func (d *Daemon) Start() error {
 		}()
 	}
 	if httpL != nil {
-		d.http = &http.Server{Handler: d.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		d.http = &http.Server{Handler: d.httpHandler(), ReadHeaderTimeout: 10 * time.Second,
+			// net/http's own complaints (accept errors, panics) go to the
+			// daemon's log, in its format and under its rate limit.
+			ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}
 		d.log.Info("listening", "protocol", "http", "addr", httpL.Addr().String())
 		d.wg.Add(1)
 		go func() {
@@ -242,7 +246,9 @@ func (d *Daemon) Reload() error {
 	}
 	d.Engine.SetRules(p)
 	for _, w := range p.Warnings {
-		d.log.Warn("configuration", "warning", w.Error())
+		// Each is a different warning under one message: none may be
+		// held back by the log's rate limit.
+		d.log.WarnContext(ratelog.Unlimited(context.Background()), "configuration", "warning", w.Error())
 	}
 	d.metrics.Reload(true)
 	d.configLoaded(p)

@@ -1,6 +1,7 @@
 package policyd
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -100,7 +102,10 @@ func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pi
 		p.LastDowngrade, p.DowngradeReason = now, r.Reason(minTLS)
 		b.put(&p)
 		b.metrics.downgrades.WithLabelValues(p.Level).Inc()
-		b.log.Warn("possible downgrade attack: a probe saw less than the pinned level; the pin stands",
+		// One per pinned destination and probe, each naming a different
+		// destination: the log's rate limit must not hold any back.
+		b.log.WarnContext(ratelog.Unlimited(context.Background()),
+			"possible downgrade attack: a probe saw less than the pinned level; the pin stands",
 			"destination", key, "pinned", p.Level, "seen", r.Capability.String(), "evidence", p.DowngradeReason,
 			"pin_expires", p.Expires)
 		if b.downgraded != nil {

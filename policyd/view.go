@@ -154,7 +154,11 @@ func (v *DestinationView) setFindings(f Findings) {
 		v.MX = append(v.MX, mxView(h))
 	}
 	if f.STS != nil {
-		v.MTASTS = &MTASTSView{Mode: f.STS.Mode.String(), ID: f.STS.ID, MX: f.STS.MX, MaxAge: int64(f.STS.MaxAge / time.Second)}
+		mx := f.STS.MX
+		if mx == nil {
+			mx = []string{} // [] in JSON, not null, should a stored policy have none
+		}
+		v.MTASTS = &MTASTSView{Mode: f.STS.Mode.String(), ID: f.STS.ID, MX: mx, MaxAge: int64(f.STS.MaxAge / time.Second)}
 	}
 	v.DANE = f.DANE.String()
 }

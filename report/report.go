@@ -35,6 +35,9 @@ type Report struct {
 
 // New makes a report of views, counting them by level.
 func New(views []policyd.DestinationView, at time.Time, host, configFile, configSHA256, source string) Report {
+	if views == nil {
+		views = []policyd.DestinationView{} // [] in JSON, not null
+	}
 	r := Report{GeneratedAt: at, Host: host, ConfigFile: configFile, ConfigSHA256: configSHA256, Source: source,
 		Totals: map[string]int{}, Destinations: views}
 	for _, v := range views {

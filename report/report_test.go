@@ -79,6 +79,18 @@ func TestJSONAndHTML(t *testing.T) {
 	}
 }
 
+// TestJSONEmpty: a report of no destinations lists them as [], not null.
+func TestJSONEmpty(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	if err := Write(&b, "json", New(nil, time.Now(), "relay1", "rules.yaml", "abc", "state file")); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `"destinations": []`) {
+		t.Errorf("report of nothing:\n%s\nwant \"destinations\": []", b.String())
+	}
+}
+
 // BenchmarkReport100k renders a report of 100,000 destinations in each
 // format.
 func BenchmarkReport100k(b *testing.B) {

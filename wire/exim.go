@@ -110,17 +110,20 @@ func (ec *eximCodec) answer(ctx context.Context, c *Conn, req string) (RequestRe
 	return ResultPerm, "PERM " + a.Text
 }
 
+// reply writes reply as one line: line breaks inside it become spaces,
+// and every other byte is kept as it is (a key that is not UTF-8 comes
+// back as it was sent).
 func (ec *eximCodec) reply(c *Conn, result RequestResult, reply string) error {
-	reply = strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
+	c.Scratch = append(c.Scratch[:0], reply...)
+	for i, b := range c.Scratch {
+		if b == '\n' || b == '\r' {
+			c.Scratch[i] = ' '
 		}
-		return r
-	}, reply)
-	c.Scratch = append(append(c.Scratch[:0], reply...), '\n')
+	}
+	c.Scratch = append(c.Scratch, '\n')
 	_, err := c.endRequest(result)
 	if result == ResultMalformed {
-		c.Logger().Warn("bad exim request", "reply", reply)
+		c.Logger().Warn("bad exim request", "reply", string(c.Scratch[:len(c.Scratch)-1]))
 	}
 	return err
 }

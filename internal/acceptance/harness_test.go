@@ -75,7 +75,8 @@ type daemon struct {
 // startDaemon writes configYAML (with the placeholders above replaced) and
 // starts tlspolicyd serve on it. It returns once /healthz answers 200. The
 // daemon is stopped with SIGTERM when the test ends, and must then exit 0;
-// its log is shown if the test failed.
+// no line of its log may carry an attribute twice; its log is shown if
+// the test failed.
 func startDaemon(t *testing.T, configYAML string) *daemon {
 	t.Helper()
 	if !strings.Contains(configYAML, phHTTP) {
@@ -168,6 +169,7 @@ func tryStart(t *testing.T, dir, configYAML string) (*daemon, error) {
 				t.Errorf("tlspolicyd exited with %d after SIGTERM, want 0", code)
 			}
 		}
+		checkLogAttributes(t, d)
 		// The reports are in the log, shown below.
 		if log, _ := os.ReadFile(d.logPath); strings.Contains(string(log), raceMarker) {
 			t.Errorf("tlspolicyd serve (%s): the race detector reported a data race (%q in the daemon log)", d.configPath, raceMarker)
