@@ -117,8 +117,7 @@ func (a *pinAdmin) close() {
 
 func (a *pinAdmin) list() ([]state.Pin, error) {
 	if a.store != nil {
-		pins, _, err := a.store.Load()
-		return pins, err
+		return a.store.Pins()
 	}
 	var pins []state.Pin
 	return pins, a.call(http.MethodGet, "/admin/pins", &pins)

@@ -2,8 +2,6 @@ package policyd
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"slices"
 	"time"
 
@@ -16,20 +14,25 @@ import (
 // for or probed within state.history), as the running daemon would show
 // it, from the file alone: for `tlspolicyd report` while no daemon runs.
 func StoredViews(rs *rules.Rules, store *state.Bolt, now time.Time) ([]DestinationView, error) {
-	pins, probes, err := store.Load()
+	pins, err := store.Pins()
 	if err != nil {
 		return nil, err
 	}
 	since := now.Add(-rs.Settings.HistoryTTL)
+	// The store keeps findings while they are fresh, as the daemon's
+	// memory does; one that does not decode is left out, as the daemon
+	// leaves it out of its memory.
 	src := storedFindings{}
-	for _, p := range probes {
+	intern := map[string]string{}
+	err = store.Probes(now, 0, func(p state.Probe) error {
 		var f Findings
-		if err := json.Unmarshal(p.Findings, &f); err != nil {
-			return nil, fmt.Errorf("%w: probe result of %s: %v", state.ErrCorrupt, p.Key, err)
-		}
-		if !f.Gathered().Before(since) {
+		if decodeFindings(p.Findings, &f, intern) == nil {
 			src[p.Key] = f
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	e := NewEngine(rs, src)
 	e.UsePins(pins, rs.Settings.PinTTL)

@@ -1,8 +1,8 @@
 package policyd
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -37,6 +37,7 @@ type Daemon struct {
 	gather  prometheus.Gatherer
 	now     func() time.Time
 	history *recorder
+	writer  *storeWriter
 	pages   *template.Template
 	sums    summaryCache
 	started time.Time
@@ -81,33 +82,37 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	}
 	// The store is opened once, and a damaged or locked one stops the
 	// daemon: starting without its pins would silently weaken answers.
-	store, err := state.OpenBolt(p.Settings.StatePath, time.Second)
+	loadStart := time.Now()
+	store, err := openStore(p.Settings, now, opts.Logger)
 	if err != nil {
-		return nil, err
-	}
-	pins, probes, err := store.Load()
-	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
-	book.load(pins)
-	minTLS := p.Settings.MinTLSVersion
-	cache := NewFindingsCache(p.Settings, gatherer, deps, func(key string, f Findings) {
-		if !f.probeKept {
-			book.learn(key, f.Probe, minTLS)
+	writer := newStoreWriter(store, book, p.Settings.ProbeTTL, now, opts.Logger, opts.Registerer)
+	cache := NewFindingsCache(p.Settings, gatherer, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
+	// Pins and findings load side by side: each is about half the work
+	// of a start with many of both.
+	var (
+		pins    []state.Pin
+		pinsErr error
+		loaded  = make(chan struct{})
+	)
+	go func() {
+		defer close(loaded)
+		if pins, pinsErr = store.Pins(); pinsErr == nil {
+			book.load(pins)
 		}
-		if b, err := json.Marshal(f); err == nil {
-			if err := store.PutProbes(state.Probe{Key: key, Findings: b}); err != nil {
-				book.metrics.storeErrors.Inc()
-				opts.Logger.Error("cannot write a probe result to the state store", "destination", key, "err", err)
-			}
-		}
-	})
-	if err := restoreProbes(probes, cache.Restore); err != nil {
+	}()
+	restored, skipped, err := restoreFindings(store, cache, now())
+	<-loaded
+	if err = cmp.Or(pinsErr, err); err != nil {
 		cache.Close()
 		store.Close()
 		return nil, err
+	}
+	if skipped > 0 {
+		opts.Logger.Warn("stored findings that do not decode were skipped; those destinations are probed again",
+			"path", p.Settings.StatePath, "skipped", skipped)
 	}
 	e := NewEngine(p, cache)
 	e.pins = book
@@ -117,6 +122,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	book.downgraded = e.recordDowngrade
 	d := &Daemon{
 		history: e.history,
+		writer:  writer,
 		pages:   parsePages(),
 		Engine:  e,
 		cache:   cache,
@@ -132,7 +138,8 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	d.settings = p.Settings
 	d.configLoaded(p)
 	d.registerSummaryMetrics(opts.Registerer)
-	opts.Logger.Info("state loaded", "path", p.Settings.StatePath, "pins", len(pins), "probe_results", len(probes))
+	opts.Logger.Info("state loaded", "path", p.Settings.StatePath, "pins", len(pins), "probe_results", restored,
+		"took", time.Since(loadStart).Round(time.Millisecond).String())
 	return d, nil
 }
 
@@ -193,6 +200,7 @@ func (d *Daemon) Start() error {
 		d.addrs["http"] = l.Addr()
 	}
 	d.history.start()
+	d.writer.start()
 	for i, srv := range d.servers {
 		l := listeners[i]
 		d.log.Info("listening", "protocol", srv.Protocol, "addr", l.Addr().String())
@@ -282,6 +290,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.wg.Wait()
 	d.cache.Close()
+	d.writer.close()  // after the probes, whose pins and findings it writes
 	d.history.close() // after the probes, whose downgrades it records
 	if err := d.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("state store: %w", err))
@@ -309,4 +318,29 @@ func (d *Daemon) registerSummaryMetrics(reg prometheus.Registerer) {
 			ConstLabels: prometheus.Labels{"within": strconv.Itoa(days) + "d"}},
 			func() float64 { return float64(d.summary().expiringWithin(days)) })
 	}
+}
+
+// openStore opens the state file, moving findings stored by earlier
+// releases to the current format first (once; it may take a while on a
+// large file, and it is logged). A migration that fails part-way leaves
+// the findings it did not move for the next start: they are a cache, and
+// the daemon starts without them.
+func openStore(s rules.Settings, now func() time.Time, log *slog.Logger) (*state.Bolt, error) {
+	store, err := state.OpenBolt(s.StatePath, time.Second)
+	if err != nil || !store.HasLegacyProbes() {
+		return store, err
+	}
+	log.Info("moving the findings stored by an earlier release to the current format; this happens once", "path", s.StatePath)
+	start := time.Now()
+	kept, dropped, err := store.MigrateProbes(legacyFindings(s.ProbeTTL, now()))
+	switch {
+	case errors.Is(err, state.ErrCorrupt):
+		store.Close()
+		return nil, err
+	case err != nil:
+		log.Error("moving the stored findings failed; the daemon starts without those not moved", "path", s.StatePath, "err", err)
+	}
+	log.Info("stored findings moved", "path", s.StatePath, "kept", kept, "dropped", dropped,
+		"took", time.Since(start).Round(time.Millisecond).String(), "size_bytes", store.Size())
+	return store, nil
 }

@@ -58,7 +58,7 @@ type HistoryStore interface {
 type recorder struct {
 	seed  maphash.Seed
 	seen  []atomic.Uint64 // per slot: destination-and-map hash (high half), answer hash (low half)
-	queue chan state.Decision
+	q     *queue[state.Decision]
 	store HistoryStore
 	ttl   func() time.Duration // state.history in force
 	now   func() time.Time
@@ -69,23 +69,25 @@ type recorder struct {
 	last  *simplelru.LRU[string, string]
 	known map[string]time.Time // destination -> newest record, for the list of known destinations
 
-	recorded, dropped prometheus.Counter
-	stop              context.CancelFunc
-	done              chan struct{}
+	recorded prometheus.Counter
+	stop     context.CancelFunc
+	done     chan struct{}
 }
 
 func newRecorder(store HistoryStore, ttl func() time.Duration, logs func() rules.DecisionLog, now func() time.Time,
 	log *slog.Logger, reg prometheus.Registerer) *recorder {
 	last, _ := simplelru.NewLRU[string, string](lastAnswers, nil)
 	f := promauto.With(reg)
+	dropped := f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_dropped_total",
+		Help: "Decision history records lost because the recorder's queue was full."})
 	return &recorder{
 		seed: maphash.MakeSeed(), seen: make([]atomic.Uint64, seenSlots),
-		queue: make(chan state.Decision, historyQueueLen), store: store, ttl: ttl, logs: logs, now: now, log: log,
+		q: newQueue[state.Decision](historyQueueLen, dropped, log,
+			"decision history records are being lost: the recorder's queue is full (counted in tlspolicyd_history_dropped_total)"),
+		store: store, ttl: ttl, logs: logs, now: now, log: log,
 		last: last, known: make(map[string]time.Time),
 		recorded: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_records_total",
 			Help: "Decision history records written: first answers, changes and RCPT-time refusals."}),
-		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_dropped_total",
-			Help: "Decision history records lost because the recorder's queue was full."}),
 	}
 }
 
@@ -104,13 +106,7 @@ func (h *recorder) changed(mapName string, name []byte, answer string) bool {
 
 // offer hands a record to the recorder without waiting; a full queue
 // drops it and counts the loss.
-func (h *recorder) offer(d state.Decision) {
-	select {
-	case h.queue <- d:
-	default:
-		h.dropped.Inc()
-	}
-}
+func (h *recorder) offer(d state.Decision) { h.q.offer(d) }
 
 // start runs the recorder until close: it loads the destinations the
 // store holds records of, prunes, and writes what lookups offer.
@@ -148,10 +144,11 @@ func (h *recorder) run(ctx context.Context) {
 			h.recorded.Add(float64(len(batch)))
 		}
 		batch = batch[:0]
+		h.q.caughtUp()
 	}
 	for {
 		select {
-		case d := <-h.queue:
+		case d := <-h.q.ch:
 			if h.isChange(&d) {
 				batch = append(batch, d)
 				if len(batch) >= historyBatch {
@@ -163,17 +160,13 @@ func (h *recorder) run(ctx context.Context) {
 		case <-prune.C:
 			h.prune()
 		case <-ctx.Done():
-			for {
-				select {
-				case d := <-h.queue:
-					if h.isChange(&d) {
-						batch = append(batch, d)
-					}
-				default:
-					write()
-					return
+			for _, d := range h.q.take(nil, cap(h.q.ch)) {
+				if h.isChange(&d) {
+					batch = append(batch, d)
 				}
 			}
+			write()
+			return
 		}
 	}
 }

@@ -71,8 +71,8 @@ func TestHistoryRecordsFirstAnswersAndChanges(t *testing.T) {
 	if !strings.Contains(log.String(), `msg="decision changed" destination=partner.test map=tlspolicy answer="verify protocols=>=TLSv1.2" previous="encrypt protocols=>=TLSv1.2"`) {
 		t.Errorf("the change is not logged as a decision record:\n%s", log)
 	}
-	if testutil.ToFloat64(e.history.recorded) != 2 || testutil.ToFloat64(e.history.dropped) != 0 {
-		t.Errorf("records counted %v, dropped %v", testutil.ToFloat64(e.history.recorded), testutil.ToFloat64(e.history.dropped))
+	if testutil.ToFloat64(e.history.recorded) != 2 || testutil.ToFloat64(e.history.q.dropped) != 0 {
+		t.Errorf("records counted %v, dropped %v", testutil.ToFloat64(e.history.recorded), testutil.ToFloat64(e.history.q.dropped))
 	}
 
 	// After a restart the recorder knows the last answer from the store:

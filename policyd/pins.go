@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -26,13 +25,20 @@ import (
 // Postfix's own connection, then meets a policy that requires TLS: the
 // mail defers instead of going out in plaintext.
 //
-// Reads (every lookup) go to a sync.Map without locks; writes (after
-// probes, admin commands) go to memory first and then to the store, in the
-// probe's goroutine.
+// Reads (every lookup) go to a sync.Map without locks. A change (after a
+// probe, by an administrator, or a pin expiring) is made in memory and its
+// key marked dirty, both under mu, so that marks follow the changes'
+// order; flush then writes each dirty key's pin as memory holds it at that
+// moment, or removes it from the store if memory holds none. A probe never
+// waits for the disk: the writer goroutine (see storeWriter) flushes what
+// probes changed, while an administrator's command flushes itself and
+// waits, since it must say whether the pin was written. Pins, unlike
+// findings, are never given up: a failed write marks its keys dirty
+// again, and the set of dirty keys is bounded by the number of pins.
 type pinBook struct {
 	pins    sync.Map    // target key -> *state.Pin
 	stored  atomic.Bool // a pin was ever stored; see any
-	mu      sync.Mutex
+	mu      sync.Mutex  // serialises changes to pins
 	store   state.Store // nil: pins live in memory only
 	ttl     time.Duration
 	now     func() time.Time
@@ -41,12 +47,75 @@ type pinBook struct {
 	// downgraded, if set, hears of every possible downgrade a probe shows
 	// (for the decision history).
 	downgraded func(p state.Pin)
+
+	dirtyMu sync.Mutex
+	dirty   map[string]struct{} // keys whose pin the store is yet to get
+	// flushMu is held by a flush from taking the dirty keys until its
+	// write ends: the store gets memory's states in the order memory had
+	// them, and a failed write's keys are dirty again before the next
+	// flush looks.
+	flushMu sync.Mutex
+	wake    chan struct{} // signalled when a key becomes dirty; capacity 1
 }
 
 func newPinBook(store state.Store, ttl time.Duration, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *pinBook {
-	b := &pinBook{store: store, ttl: ttl, now: now, log: log}
+	b := &pinBook{store: store, ttl: ttl, now: now, log: log, dirty: make(map[string]struct{}), wake: make(chan struct{}, 1)}
 	b.metrics = newPinMetrics(reg, b)
 	return b
+}
+
+// markDirty records that the pins of keys must be written (mu held, or
+// putting back keys a write failed to write).
+func (b *pinBook) markDirty(keys ...string) {
+	if b.store == nil {
+		return
+	}
+	b.dirtyMu.Lock()
+	for _, k := range keys {
+		b.dirty[k] = struct{}{}
+	}
+	b.dirtyMu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// hasDirty reports whether some pin waits to be written.
+func (b *pinBook) hasDirty() bool {
+	b.dirtyMu.Lock()
+	defer b.dirtyMu.Unlock()
+	return len(b.dirty) > 0
+}
+
+// flush writes the dirty pins, and findings with them, in one transaction.
+func (b *pinBook) flush(findings []state.Probe) error {
+	if b.store == nil {
+		return nil
+	}
+	b.flushMu.Lock()
+	defer b.flushMu.Unlock()
+	b.dirtyMu.Lock()
+	keys := make([]string, 0, len(b.dirty))
+	for k := range b.dirty {
+		keys = append(keys, k)
+	}
+	clear(b.dirty)
+	b.dirtyMu.Unlock()
+	c := state.Changes{Probes: findings}
+	for _, k := range keys {
+		if v, ok := b.pins.Load(k); ok {
+			c.Pins = append(c.Pins, *v.(*state.Pin))
+		} else {
+			c.DeletePins = append(c.DeletePins, k)
+		}
+	}
+	if err := b.store.Apply(c); err != nil {
+		b.metrics.storeErrors.Inc()
+		b.markDirty(keys...)
+		return err
+	}
+	return nil
 }
 
 // any reports whether the book may hold a pin. Until one is stored, a
@@ -78,19 +147,12 @@ func pinLevel(p *state.Pin) rules.Level {
 // learn updates the pins from a probe result: a result at or above the
 // pinned level confirms (and may raise) the pin; a result below it is a
 // possible downgrade attack, logged and counted, and the pin stands. A
-// failed probe (no evidence) changes nothing.
+// failed probe (no evidence) changes nothing. The store gets the change
+// from the writer goroutine.
 func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
 	if r.Failed() {
 		return
 	}
-	if p, changed := b.update(key, r, minTLS); changed {
-		b.persist(p) // outside the lock, so that bbolt can batch concurrent writes
-	}
-}
-
-// update applies a probe result to the pin in memory and returns the pin
-// to persist.
-func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pin, bool) {
 	shown := capabilityLevel(r.Capability)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -111,7 +173,7 @@ func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pi
 		if b.downgraded != nil {
 			b.downgraded(p)
 		}
-		return p, true
+		b.markDirty(key)
 	case shown.AtLeast(rules.LevelEncrypt):
 		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
 		if had {
@@ -121,18 +183,7 @@ func (b *pinBook) update(key string, r tlsprobe.Report, minTLS uint16) (state.Pi
 			}
 		}
 		b.put(&p)
-		return p, true
-	}
-	return state.Pin{}, false
-}
-
-func (b *pinBook) persist(p state.Pin) {
-	if b.store == nil {
-		return
-	}
-	if err := b.store.PutPins(p); err != nil {
-		b.metrics.storeErrors.Inc()
-		b.log.Error("cannot write a pin to the state store; it holds in memory until restart", "destination", p.Key, "err", err)
+		b.markDirty(key)
 	}
 }
 
@@ -162,37 +213,56 @@ func AdminPin(destination, level string, ttl time.Duration, now time.Time) (stat
 	return state.Pin{Key: key, Level: l.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(ttl), Source: "admin"}, nil
 }
 
-// add pins a destination by hand (pre-seeding a known partner).
+// add pins a destination by hand (pre-seeding a known partner). It
+// returns once the pin is written; if the write fails, the pin is in force
+// anyway and written later, and the error says so.
 func (b *pinBook) add(destination, level string) (state.Pin, error) {
 	p, err := AdminPin(destination, level, b.ttl, b.now())
 	if err != nil {
 		return state.Pin{}, err
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.store != nil {
-		if err := b.store.PutPins(p); err != nil {
-			return state.Pin{}, err
-		}
-	}
 	b.put(&p)
+	b.markDirty(p.Key)
+	b.mu.Unlock()
+	if err := b.flush(nil); err != nil {
+		return p, fmt.Errorf("the pin is in force, but writing it to the state store failed (it will be tried again): %w", err)
+	}
 	return p, nil
 }
 
-// remove drops a pin: the way out when a partner truly drops TLS.
+// remove drops a pin: the way out when a partner truly drops TLS. Like
+// add, it returns once the store has the change.
 func (b *pinBook) remove(destination string) (bool, error) {
 	key, err := PinKey(destination)
 	if err != nil {
 		return false, err
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	_, had := b.pins.LoadAndDelete(key)
-	if b.store != nil {
-		found, err := b.store.DeletePin(key)
-		return had || found, err
+	b.markDirty(key)
+	b.mu.Unlock()
+	if err := b.flush(nil); err != nil {
+		return had, fmt.Errorf("the pin is removed, but removing it from the state store failed (it will be tried again): %w", err)
 	}
 	return had, nil
+}
+
+// prune forgets the pins that have expired, in memory and (at the next
+// flush) in the store. It says how many.
+func (b *pinBook) prune() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	var gone []string
+	b.pins.Range(func(k, v any) bool {
+		if !v.(*state.Pin).Valid(now) && b.pins.CompareAndDelete(k, v) {
+			gone = append(gone, k.(string))
+		}
+		return true
+	})
+	b.markDirty(gone...)
+	return len(gone)
 }
 
 // list returns every pin, valid or expired, sorted by key.
@@ -267,15 +337,3 @@ type collectorFunc struct {
 
 func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
-
-// restoreProbes decodes stored probe results for the cache.
-func restoreProbes(probes []state.Probe, restore func(string, Findings)) error {
-	for _, sp := range probes {
-		var r Findings
-		if err := json.Unmarshal(sp.Findings, &r); err != nil {
-			return fmt.Errorf("%w: probe result of %s: %v", state.ErrCorrupt, sp.Key, err)
-		}
-		restore(sp.Key, r)
-	}
-	return nil
-}

@@ -2,7 +2,6 @@ package policyd
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -129,7 +128,7 @@ func TestPinsPersist(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	pins, _, err := store.Load()
+	pins, err := store.Pins()
 	if err != nil || len(pins) != 1 || pins[0].Key != "partner.test" || pins[0].Source != "admin" {
 		t.Fatalf("stored pins %+v, %v", pins, err)
 	}
@@ -227,8 +226,8 @@ func TestDaemonRestoresPinsAndProbes(t *testing.T) {
 	}
 	r := result(tlsprobe.CapEncrypt, tlsprobe.CauseUnknownAuthority)
 	r.ProbedAt = now
-	raw, _ := json.Marshal(Findings{Probe: r})
-	if err := store.PutProbes(state.Probe{Key: "probed.test", Findings: raw}); err != nil {
+	raw, _ := Findings{Probe: r}.MarshalBinary()
+	if err := store.PutProbes(state.Probe{Key: "probed.test", Expires: now.Add(time.Hour), Findings: raw}); err != nil {
 		t.Fatal(err)
 	}
 	store.Close()

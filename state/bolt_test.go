@@ -2,11 +2,13 @@ package state
 
 import (
 	"errors"
-	bolt "go.etcd.io/bbolt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestBoltRoundTrip(t *testing.T) {
@@ -25,7 +27,7 @@ func TestBoltRoundTrip(t *testing.T) {
 	if err := s.PutPins(pins...); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutProbes(Probe{Key: "example.org", Findings: []byte(`{"Capability":"verify"}`)}); err != nil {
+	if err := s.PutProbes(Probe{Key: "example.org", Expires: now.Add(time.Hour), Findings: []byte("findings")}); err != nil {
 		t.Fatal(err)
 	}
 	if found, err := s.DeletePin("nothing.test"); found || err != nil {
@@ -43,12 +45,13 @@ func TestBoltRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	got, probes, err := s.Load()
+	got, err := s.Pins()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || len(probes) != 1 || string(probes[0].Findings) != `{"Capability":"verify"}` {
-		t.Fatalf("after reopening: pins %+v probes %+v", got, probes)
+	probes := allProbes(t, s, now)
+	if len(got) != 2 || len(probes) != 1 || probes[0] != "example.org=findings" {
+		t.Fatalf("after reopening: pins %+v probes %q", got, probes)
 	}
 	byKey := map[string]Pin{}
 	for _, p := range got {
@@ -64,7 +67,7 @@ func TestBoltRoundTrip(t *testing.T) {
 	if found, err := s.DeletePin("example.org"); !found || err != nil {
 		t.Errorf("DeletePin = %v, %v", found, err)
 	}
-	if got, _, _ := s.Load(); len(got) != 1 {
+	if got, _ := s.Pins(); len(got) != 1 {
 		t.Errorf("after delete: %+v", got)
 	}
 }
@@ -95,8 +98,8 @@ func TestBoltCorrupt(t *testing.T) {
 	if err := os.WriteFile(garbage, junk, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenBolt(garbage, time.Second); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("garbage file: %v, want ErrCorrupt", err)
+	if _, err := OpenBolt(garbage, time.Second); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), garbage) {
+		t.Errorf("garbage file: %v, want ErrCorrupt naming the file", err)
 	}
 
 	// A valid store with a pin that does not decode: Load refuses rather
@@ -113,8 +116,8 @@ func TestBoltCorrupt(t *testing.T) {
 	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPins).Put([]byte("bad.test"), []byte("{not json")) }); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Load(); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("undecodable pin: %v, want ErrCorrupt", err)
+	if _, err := s.Pins(); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), `pin "bad.test" does not decode`) {
+		t.Errorf("undecodable pin: %v, want ErrCorrupt naming the pin", err)
 	}
 }
 

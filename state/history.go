@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -50,9 +51,20 @@ var ErrInvalidDecision = errors.New("decision cannot be recorded")
 // then inverted; sequence is the bucket's counter, inverted likewise, so
 // that records of one destination in the same nanosecond keep their order
 // of appending and never overwrite one another. The map comes last and
-// needs no terminator; the destination must not contain a NUL byte. The
-// value is the Decision as JSON.
+// needs no terminator; the destination must not contain a NUL byte.
+//
+// The value holds the rest of the Decision: historyV2, then Answer,
+// Previous, Rule and the Evidence's fields in their order, each a string
+// with its length (a uvarint) first. Releases before it stored the whole
+// Decision as JSON, which still reads; those records, at about twice the
+// size, go as they are pruned. (Those releases cannot read the new
+// records: their history shows an error for them, and their daemon takes
+// such a record for none.)
 const historyFixed = 1 + 8 + 8 // bytes between the destination and the map
+
+// historyV2 starts a history value in the current format; a JSON value
+// starts with '{'.
+const historyV2 = 2
 
 // pruneBatch bounds the deletions in one PruneDecisions transaction, so
 // that pruning a large history does not hold the write lock (and the old
@@ -85,18 +97,6 @@ func splitKey(k []byte) (prefix []byte, nanos int64, mapName []byte, ok bool) {
 	return k[:i+1], keyNanos(k[i+1:]), k[i+historyFixed:], true
 }
 
-// clampNanos is t in Unix nanoseconds, clamped to the range that holds,
-// for comparison with recorded times.
-func clampNanos(t time.Time) int64 {
-	switch {
-	case t.Before(time.Unix(0, math.MinInt64)):
-		return math.MinInt64
-	case t.After(time.Unix(0, math.MaxInt64)):
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
 // checkDecision reports whether d can be keyed (see historyFixed).
 func checkDecision(d Decision) error {
 	switch {
@@ -124,10 +124,7 @@ func (s *Bolt) AppendDecisions(ds ...Decision) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketHistory)
 		for _, d := range ds {
-			v, err := json.Marshal(d)
-			if err != nil {
-				return err
-			}
+			v := encodeDecision(d)
 			seq, err := b.NextSequence()
 			if err != nil {
 				return err
@@ -147,26 +144,65 @@ func (s *Bolt) AppendDecisions(ds ...Decision) error {
 // malformed is the error for a key in the history bucket that is not a
 // history key.
 func (s *Bolt) malformed(k []byte) error {
-	return fmt.Errorf("%w: %s: history key %q is malformed", ErrCorrupt, s.path, k)
+	return corrupt(s.path, "is corrupt: history key %q is malformed", k)
 }
 
 // decodeDecision decodes the record under k and checks that it is the
 // record its key says.
 func (s *Bolt) decodeDecision(k, v []byte) (Decision, error) {
-	var d Decision
-	if err := json.Unmarshal(v, &d); err != nil {
-		return Decision{}, fmt.Errorf("%w: %s: history record %q does not decode: %v", ErrCorrupt, s.path, k, err)
-	}
 	prefix, nanos, mapName, ok := splitKey(k)
-	if !ok || d.Destination+"\x00" != string(prefix) || d.Map != string(mapName) || d.Time.UnixNano() != nanos {
-		return Decision{}, fmt.Errorf("%w: %s: history record %q is not the record its key names", ErrCorrupt, s.path, k)
+	if !ok {
+		return Decision{}, s.malformed(k)
+	}
+	if len(v) > 0 && v[0] == '{' {
+		var d Decision
+		if err := json.Unmarshal(v, &d); err != nil {
+			return Decision{}, corrupt(s.path, "is corrupt: history record %q does not decode (%v)", k, err)
+		}
+		if d.Destination+"\x00" != string(prefix) || d.Map != string(mapName) || d.Time.UnixNano() != nanos {
+			return Decision{}, corrupt(s.path, "is corrupt: history record %q is not the record its key names", k)
+		}
+		return d, nil
+	}
+	d := Decision{Time: time.Unix(0, nanos).UTC(), Destination: string(prefix[:len(prefix)-1]), Map: string(mapName)}
+	fields := []*string{&d.Answer, &d.Previous, &d.Rule, &d.Evidence.Probe, &d.Evidence.Pin, &d.Evidence.MTASTS,
+		&d.Evidence.DANE, &d.Evidence.Sender}
+	if len(v) == 0 || v[0] != historyV2 {
+		return Decision{}, corrupt(s.path, "is corrupt: history record %q is of no known format", k)
+	}
+	v = v[1:]
+	for _, f := range fields {
+		n, w := binary.Uvarint(v)
+		if w <= 0 || n > uint64(len(v)-w) {
+			return Decision{}, corrupt(s.path, "is corrupt: history record %q is cut short", k)
+		}
+		*f, v = string(v[w:w+int(n)]), v[w+int(n):]
+	}
+	if len(v) != 0 {
+		return Decision{}, corrupt(s.path, "is corrupt: history record %q is longer than its fields", k)
 	}
 	return d, nil
 }
 
+// encodeDecision is the value of a history record (see historyFixed).
+func encodeDecision(d Decision) []byte {
+	e := d.Evidence
+	fields := []string{d.Answer, d.Previous, d.Rule, e.Probe, e.Pin, e.MTASTS, e.DANE, e.Sender}
+	n := 1
+	for _, f := range fields {
+		n += binary.MaxVarintLen64 + len(f)
+	}
+	v := append(make([]byte, 0, n), historyV2)
+	for _, f := range fields {
+		v = binary.AppendUvarint(v, uint64(len(f)))
+		v = append(v, f...)
+	}
+	return v
+}
+
 // Decisions implements Store.
 func (s *Bolt) Decisions(destination string, limit int) (ds []Decision, err error) {
-	defer s.recoverCorrupt(&err)
+	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
 	p := destPrefix(destination)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHistory).Cursor()
@@ -189,7 +225,7 @@ func (s *Bolt) Decisions(destination string, limit int) (ds []Decision, err erro
 // newest first, reading only keys until one is of mapName, so its cost
 // grows with the records of the destination's other maps that are newer.
 func (s *Bolt) LatestDecision(destination, mapName string) (d Decision, found bool, err error) {
-	defer s.recoverCorrupt(&err)
+	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
 	p := destPrefix(destination)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHistory).Cursor()
@@ -224,7 +260,7 @@ func (s *Bolt) pruneDecisions(cut int64, keep, batch int) (removed int, err erro
 	if cut == math.MinInt64 && keep <= 0 {
 		return 0, nil // no limits: nothing goes
 	}
-	defer s.recoverCorrupt(&err)
+	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
 	var resume []byte // the destination prefix where the next transaction starts
 	for done := false; !done; {
 		var doomed [][]byte
@@ -304,7 +340,7 @@ func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
 // destination and seeks past the rest, so its cost grows with the number
 // of destinations, not of records.
 func (s *Bolt) DecisionDestinations(since time.Time) (dests []string, err error) {
-	defer s.recoverCorrupt(&err)
+	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
 	from := clampNanos(since)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHistory).Cursor()

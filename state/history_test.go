@@ -360,6 +360,39 @@ func TestDecisionsInvalid(t *testing.T) {
 	}
 }
 
+// TestDecisionsEarlierFormat: records written by releases that stored the
+// whole Decision as JSON still read, beside records in the current format.
+func TestDecisionsEarlierFormat(t *testing.T) {
+	t.Parallel()
+	s := openTestBolt(t)
+	old := Decision{Time: minute(1), Destination: "example.org", Map: "tlspolicy", Answer: "encrypt", Rule: "rules.yaml:3",
+		Evidence: Evidence{Probe: "encrypt"}}
+	v, err := json.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := destPrefix(old.Destination)
+	k = binary.BigEndian.AppendUint64(k, timeBits(old.Time.UnixNano()))
+	k = binary.BigEndian.AppendUint64(k, ^uint64(1000))
+	k = append(k, old.Map...)
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketHistory).Put(k, v) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendDecisions(dec("example.org", "tlspolicy", "verify", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := answers(mustDecisions(t, s, "example.org", 0)); !slices.Equal(got, []string{"verify", "encrypt"}) {
+		t.Errorf("answers %q, want the current record and the earlier one", got)
+	}
+	if d, found, err := s.LatestDecision("example.org", "tlspolicy"); err != nil || !found || d.Answer != "verify" {
+		t.Errorf("LatestDecision = %+v, %v, %v", d, found, err)
+	}
+	ds := mustDecisions(t, s, "example.org", 0)
+	if got := ds[1]; !reflect.DeepEqual(got, old) {
+		t.Errorf("the earlier record reads as %+v, want %+v", got, old)
+	}
+}
+
 func TestDecisionsCorrupt(t *testing.T) {
 	t.Parallel()
 	s := openTestBolt(t)
@@ -383,9 +416,12 @@ func TestDecisionsCorrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(key("bad.test", 2, "tlspolicy"), []byte("{not json"))
-	put(key("moved.test", 2, "tlspolicy"), good) // decodes, but is another destination's record
+	put(key("moved.test", 2, "tlspolicy"), good)                      // decodes, but is another destination's record
+	put(key("short.test", 2, "tlspolicy"), []byte{historyV2, 5, 'a'}) // cut short
+	put(key("long.test", 2, "tlspolicy"), append(encodeDecision(dec("long.test", "tlspolicy", "", 2)), 0))
+	put(key("unknown.test", 2, "tlspolicy"), []byte{9})
 
-	for _, dest := range []string{"bad.test", "moved.test"} {
+	for _, dest := range []string{"bad.test", "moved.test", "short.test", "long.test", "unknown.test"} {
 		if _, err := s.Decisions(dest, 0); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("Decisions(%s) = %v, want ErrCorrupt", dest, err)
 		}
@@ -461,7 +497,7 @@ func TestHistoryBucketAddedToOlderStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if pins, _, err := s.Load(); err != nil || len(pins) != 1 {
+	if pins, err := s.Pins(); err != nil || len(pins) != 1 {
 		t.Fatalf("pins after reopening: %+v, %v", pins, err)
 	}
 	if err := s.AppendDecisions(dec("example.org", "tlspolicy", "verify", 0)); err != nil {

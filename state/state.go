@@ -5,16 +5,19 @@
 // change of the answer for a destination and map, with what it rested on,
 // for a postmaster or an auditor to look up later).
 //
-// The daemon reads pins and probe results once at start and answers from
-// memory; the history is read only when someone asks for it. Writes
-// happen in the background, after probes or in batches of decisions,
-// each in a transaction.
+// The daemon reads pins and the newest probe results once at start and
+// answers from memory; the history is read only when someone asks for it.
+// Writes happen in the background, in batches, each batch one transaction.
+// What expires is pruned: pins at their expiry, probe results when they
+// are no longer fresh, history after state.history. Failed probes are
+// never stored (the daemon keeps them in memory only).
 // Store is an interface so that a store shared by a fleet of daemons can
 // be added later; Bolt (go.etcd.io/bbolt) is the embedded one.
 package state
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -36,24 +39,45 @@ type Pin struct {
 func (p Pin) Valid(now time.Time) bool { return now.Before(p.Expires) }
 
 // Probe is a destination's stored findings (its probe result and what it
-// publishes): the target key and the findings as the daemon encoded them
-// (JSON), so that this package need not know their shape.
+// publishes): the target key, when they stop being fresh, and the findings
+// as the daemon encoded them, so that this package need not know their
+// shape.
 type Probe struct {
 	Key      string
+	Expires  time.Time // PruneProbes removes the findings then
 	Findings []byte
+}
+
+// Changes are writes made together, in one transaction: one disk sync for
+// a batch of pins learnt, pins removed and findings.
+type Changes struct {
+	Pins       []Pin    // written, replacing those with the same keys
+	DeletePins []string // removed, if present
+	Probes     []Probe  // written, replacing each destination's earlier findings
 }
 
 // Store persists pins, probe results and the decision history.
 type Store interface {
-	// Load returns everything stored.
-	Load() ([]Pin, []Probe, error)
+	// Pins returns every stored pin.
+	Pins() ([]Pin, error)
 	// PutPins writes pins (replacing those with the same keys) in one
 	// transaction.
 	PutPins(pins ...Pin) error
 	// DeletePin removes a pin; it reports whether there was one.
 	DeletePin(key string) (bool, error)
-	// PutProbes writes probe results in one transaction.
+	// PutProbes writes findings in one transaction; each replaces the
+	// findings stored for its destination.
 	PutProbes(probes ...Probe) error
+	// Apply makes changes in one transaction.
+	Apply(c Changes) error
+	// Probes calls fn with the findings that have not expired at now,
+	// those that expire last first, at most limit of them (limit <= 0:
+	// all). p.Findings is valid only during the call. An error from fn
+	// ends the walk and is returned.
+	Probes(now time.Time, limit int, fn func(p Probe) error) error
+	// PruneProbes removes the findings that have expired at now and says
+	// how many. It works in several transactions, like PruneDecisions.
+	PruneProbes(now time.Time) (removed int, err error)
 	// AppendDecisions records decisions in one transaction, so that a
 	// recorder that batches them costs one disk sync per batch.
 	AppendDecisions(ds ...Decision) error
@@ -83,5 +107,28 @@ type Store interface {
 // ErrLocked means another process (a running daemon) holds the store.
 var ErrLocked = errors.New("the state store is in use by another process")
 
-// ErrCorrupt means the store file cannot be read as a store.
+// ErrCorrupt means the store file cannot be read as a store: it is empty,
+// truncated, damaged, or not a store at all. The errors that match it are
+// CorruptErrors, which say which file, what is wrong and what to do.
 var ErrCorrupt = errors.New("the state store is corrupt or not a state store")
+
+// CorruptError is a store file that cannot be used. Its message names the
+// file and says what to do, since a daemon that refuses to start over it
+// holds up mail until someone acts.
+type CorruptError struct {
+	Path    string
+	Problem string // e.g. "is empty or truncated", "is corrupt: pin \"x\" does not decode"
+}
+
+func (e *CorruptError) Error() string {
+	return "state file " + e.Path + " " + e.Problem + ": move it aside to start with no pins (pins learnt from probes " +
+		"will be learnt again, pins added by hand must be added again), or restore it from backup"
+}
+
+// Is makes errors.Is(err, ErrCorrupt) hold.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// corrupt is a CorruptError with a formatted problem.
+func corrupt(path, format string, args ...any) error {
+	return &CorruptError{Path: path, Problem: fmt.Sprintf(format, args...)}
+}

@@ -82,6 +82,7 @@ type Cache[V Evidence] struct {
 	probe    Gather[V]
 	onResult func(key string, v V)
 	cfg      CacheConfig
+	perShard int // good results a shard holds
 	shards   [numShards]shard[V]
 	sem      chan struct{}
 	ctx      context.Context // parent of every probe; canceled by Close
@@ -193,6 +194,7 @@ func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key st
 		go c.startDueEvery(tick)
 	}
 	per := max(cfg.Size/numShards, 1)
+	c.perShard = per
 	for i := range c.shards {
 		s := &c.shards[i]
 		// Called under the LRU's lock: it must not touch the LRUs.
@@ -224,6 +226,10 @@ func shardOf(key string) uint32 {
 func (c *Cache[V]) missed(key string) {
 	c.lookups[shardOf(key)].n[cacheMiss].Add(1)
 }
+
+// Capacity is how many good results the cache holds at most (failures
+// are held apart, in less room): a restart need restore no more.
+func (c *Cache[V]) Capacity() int { return c.cfg.Size }
 
 // Len returns the number of cached results.
 func (c *Cache[V]) Len() int {
@@ -421,29 +427,38 @@ func (s *shard[V]) put(key string, e *entry[V], good bool) {
 
 // Restore puts a stored result back in the cache at start, as fresh as
 // its age allows: a restart neither forgets results nor probes every
-// destination again. Results already past their TTL are dropped.
-func (c *Cache[V]) Restore(key string, r V) {
+// destination again. Results already past their TTL are dropped, and so
+// is a good result for which its shard has no room left: a caller that
+// restores the newest first keeps the newest. It reports whether r was
+// restored. Call UpdateMetrics after the last.
+func (c *Cache[V]) Restore(key string, r V) bool {
 	now := c.cfg.Now()
 	ttl := c.cfg.TTL
 	if r.Failed() {
 		ttl = c.cfg.NegativeTTL
 	}
 	if r.Gathered().IsZero() {
-		return // no telling how old it is
+		return false // no telling how old it is
 	}
 	e := newEntry(r, now, ttl)
 	if !now.Before(e.expires) {
-		return
+		return false
 	}
 	if r.Failed() {
 		e.refreshAt = e.expires
 	}
 	s := c.shard(key)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !r.Failed() && s.pos.Len() >= c.perShard {
+		return false
+	}
 	s.put(key, e, !r.Failed())
-	s.mu.Unlock()
-	c.cfg.Metrics.setEntries(c.Len())
+	return true
 }
+
+// UpdateMetrics sets the cache's metrics to what it holds, after Restore.
+func (c *Cache[V]) UpdateMetrics() { c.cfg.Metrics.setEntries(c.Len()) }
 
 // Close cancels probes in flight and waits for them to end.
 func (c *Cache[V]) Close() {
