@@ -51,10 +51,12 @@ func BenchmarkPins(b *testing.B) {
 	if n := bd.metric(b, "tlspolicyd_pins", "encrypt"); n != benchPinCount {
 		b.Fatalf(`tlspolicyd_pins{level="encrypt"} = %v, want %d`, n, benchPinCount)
 	}
+	// Every answer is the pin's (loadConn checks it), never waiting for
+	// a probe: a pinned lookup answers at once and only asks for the
+	// destination's probe in the background, to keep the pin confirmed
+	// (here the probes fail at once, DNS being dead).
 	res := loadPins(b, bd.socketmap, keys, benchPinConns, warmup, window)
-	if n := bd.metric(b, "tlspolicyd_probes_total", ""); n != 0 {
-		b.Errorf("tlspolicyd_probes_total = %v after the load, want 0 (every key is pinned)", n)
-	}
+	background := bd.metric(b, "tlspolicyd_probes_total", "")
 
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(size), "store-bytes")
@@ -66,8 +68,8 @@ func BenchmarkPins(b *testing.B) {
 		benchPinCount, benchPinCount/benchPinBatch, benchPinBatch, took.Round(time.Millisecond), size, float64(size)/(1<<20), float64(size)/benchPinCount)
 	b.Logf("start-up, exec to /healthz 200, median of %d: %v with %d pins (empty store, median of 3: %v)",
 		startRuns, startup.Round(time.Millisecond), benchPinCount, baseline.Round(time.Millisecond))
-	b.Logf("lookups of pinned keys, %d connections, %v after %v warm-up: %d lookups, %.0f lookups/s, p50 %v, p99 %v",
-		benchPinConns, window, warmup, res.n, res.rate, res.p50, res.p99)
+	b.Logf("lookups of pinned keys, %d connections, %v after %v warm-up: %d lookups, %.0f lookups/s, p50 %v, p99 %v; %v background probes",
+		benchPinConns, window, warmup, res.n, res.rate, res.p50, res.p99, background)
 }
 
 const (
