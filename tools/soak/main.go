@@ -526,10 +526,14 @@ func (d *daemon) goroutines() (int, error) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", d.http)
-	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+	// The whole page is read: a client that hangs up early makes the
+	// daemon log a write error.
+	body, err := io.ReadAll(io.LimitReader(conn, 16<<20))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "go_goroutines "); ok {
 			return strconv.Atoi(v)
 		}
 	}
