@@ -75,7 +75,7 @@ func (d Decision) Explain() string {
 	case d.Rule == nil:
 		return fmt.Sprintf("no rule is written for %s, so Postfix goes on to its next lookup key", d.Key)
 	}
-	s := fmt.Sprintf("floor %s from %s", d.Rule.Level, d.Rule.Describe(d.rules.File))
+	s := fmt.Sprintf("floor %s from %s", d.Rule.Level, d.Rule.Describe())
 	if d.Class != nil {
 		s += fmt.Sprintf("; sender class %q needs %s (line %d)", d.Class.Name, d.Class.Level, d.Class.Line)
 	}

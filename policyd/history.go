@@ -4,7 +4,6 @@ import (
 	"context"
 	"hash/maphash"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,7 +277,7 @@ func (e *Engine) changed(mapName string, name []byte, a wire.Answer) bool {
 // changed one goes to the recorder.
 func (e *Engine) record(rs *rules.Rules, mapName, destination string, r *rules.Rule, a wire.Answer, d *Decision, changed bool) {
 	// A lookup's destination borrows the lookup's buffer: keep a copy.
-	rec := state.Decision{Time: e.clock(), Destination: strings.Clone(destination), Map: mapName, Answer: answerText(a), Rule: ruleRef(rs, r)}
+	rec := state.Decision{Time: e.clock(), Destination: strings.Clone(destination), Map: mapName, Answer: answerText(a), Rule: ruleRef(r)}
 	if d != nil {
 		rec.Evidence = evidenceOf(d)
 	}
@@ -301,13 +300,14 @@ func answerText(a wire.Answer) string {
 	return a.Status.String() + " " + a.Text
 }
 
-// ruleRef is the "FILE:LINE" of a rule, or "" for defaults not written in
-// the file.
-func ruleRef(rs *rules.Rules, r *rules.Rule) string {
-	if r == nil || r.Line == 0 {
+// ruleRef is the "FILE:LINE" of a rule (of the pattern that matched, for a
+// rule with a list or a match file), or "" for defaults not written in the
+// file.
+func ruleRef(r *rules.Rule) string {
+	if r == nil {
 		return ""
 	}
-	return rs.File + ":" + strconv.Itoa(r.Line)
+	return r.Ref()
 }
 
 // evidenceOf says what a decision rested on besides its rule.

@@ -234,9 +234,8 @@ func (e *Engine) recordRcpt(sender, recipient string, d RcptDecision, action str
 	if !e.history.changed("rcpt:"+class, []byte(k.Name), action) {
 		return
 	}
-	rs := e.rules.Load()
 	e.history.offer(state.Decision{Time: e.clock(), Destination: k.Name, Map: MapRcpt, Answer: action,
-		Rule: ruleRef(rs, d.Rule), Evidence: state.Evidence{Sender: sender}})
+		Rule: ruleRef(d.Rule), Evidence: state.Evidence{Sender: sender}})
 }
 
 // MapRcpt is the history's map name for RCPT-time actions.

@@ -3,7 +3,6 @@ package policyd
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/rules"
@@ -117,8 +116,8 @@ func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 	if d.Found() {
 		v.Level, v.Answer, v.Floor = d.Level.String(), d.Answer.Text, d.Floor.String()
 	}
-	if d.Rule != nil && d.Rule.Line > 0 {
-		v.Rule = fmt.Sprintf("%s:%d", d.rules.File, d.Rule.Line)
+	if d.Rule != nil {
+		v.Rule = d.Rule.Ref()
 	}
 	t, err := Target(destination)
 	if err == nil {

@@ -24,6 +24,17 @@ type compiler struct {
 	root     *yaml.Node
 	errs     ConfigErrors
 	warnings ConfigErrors
+	// refused holds the paths of values the decoder refused for their
+	// type: they kept their defaults, and what follows from that is not
+	// reported again.
+	refused map[string]bool
+	// read reads a match file (readMatchFile, or a test's).
+	read func(path string) ([]byte, error)
+	// duplicates counts the patterns matched already by earlier ones;
+	// unlisted is the index in warnings of the one that stands for those
+	// past maxDuplicateWarnings.
+	duplicates int
+	unlisted   int
 }
 
 // fallbackNexthop is the next hop of a "transport:nexthop" route.
@@ -33,7 +44,21 @@ func fallbackNexthop(route string) string {
 }
 
 func (c *compiler) errorf(path []any, format string, args ...any) {
+	if c.wasRefused(path) {
+		return
+	}
 	c.errs = append(c.errs, ConfigError{File: c.file, Line: lineOf(c.root, path...), Msg: fmt.Sprintf(format, args...)})
+}
+
+// wasRefused reports whether the value at path, or one it is part of, was
+// refused for its type (and so already reported).
+func (c *compiler) wasRefused(path []any) bool {
+	for i := len(path); i > 0 && len(c.refused) > 0; i-- {
+		if c.refused[pathString(path[:i])] {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *compiler) duration(d *time.Duration, s string, allowZero bool, path ...any) {
@@ -66,9 +91,21 @@ func pathString(path []any) string {
 
 // Compile validates cfg and builds the Rules, naming the line of every
 // problem it finds (not only the first). root is the parsed YAML tree (nil
-// for an empty file), used only to name lines in errors.
+// for an empty file), used to name lines in errors; a relative match_file
+// is taken from file's folder.
 func Compile(file string, cfg Config, root *yaml.Node) (*Rules, error) {
-	c := &compiler{file: file, root: root}
+	c := &compiler{file: file, root: root, read: readMatchFile}
+	p := c.compile(cfg)
+	if len(c.errs) > 0 {
+		sortErrors(c.errs)
+		return nil, c.errs
+	}
+	return p, nil
+}
+
+// compile builds the Rules; they are valid if c.errs is empty after.
+func (c *compiler) compile(cfg Config) *Rules {
+	file, root := c.file, c.root
 	p := &Rules{
 		File:     file,
 		exact:    make(map[string]*Rule),
@@ -80,15 +117,15 @@ func Compile(file string, cfg Config, root *yaml.Node) (*Rules, error) {
 	c.destinations(p, cfg)
 	c.classes(p, cfg)
 	if len(c.errs) > 0 {
-		sortErrors(c.errs)
-		return nil, c.errs
+		return nil
 	}
 	for l := LevelNone; l <= LevelDaneOnly; l++ {
 		p.policies[l] = RenderPolicy(l, p.Settings.MinimumTLS, p.Settings.PostfixVersion)
 	}
+	sortErrors(c.warnings)
 	p.Warnings = c.warnings
 	p.serve = serveFacts{empty: root == nil, listenLine: lineOf(root, "listen"), statePathLine: lineOf(root, "state", "path")}
-	return p, nil
+	return p
 }
 
 func (c *compiler) settings(s *Settings, cfg Config) {
@@ -285,6 +322,7 @@ func (c *compiler) upgrade(s string, path ...any) Upgrade {
 func (c *compiler) defaults(p *Rules, cfg Config) {
 	p.Defaults = &Rule{
 		Index:   -1,
+		File:    c.file,
 		Line:    lineOf(c.root, "defaults"),
 		Level:   c.level(cfg.Defaults.Level, "defaults", "level"),
 		Upgrade: c.upgrade(cfg.Defaults.Upgrade, "defaults", "upgrade"),
@@ -298,14 +336,15 @@ func (c *compiler) destinations(p *Rules, cfg Config) {
 		path := []any{"destinations", i}
 		at := func(key string) []any { return append(path[:2:2], key) }
 		r := &Rule{
-			Index:    i,
-			Match:    d.Match,
-			Line:     lineOf(c.root, path...),
-			Level:    p.Defaults.Level,
-			Upgrade:  p.Defaults.Upgrade,
-			Fallback: d.Fallback,
-			MTASTS:   d.MTASTS == nil || *d.MTASTS,
-			DANE:     d.DANE == nil || *d.DANE,
+			Index:     i,
+			MatchFile: d.MatchFile,
+			File:      c.file,
+			Line:      lineOf(c.root, path...),
+			Level:     p.Defaults.Level,
+			Upgrade:   p.Defaults.Upgrade,
+			Fallback:  d.Fallback,
+			MTASTS:    d.MTASTS == nil || *d.MTASTS,
+			DANE:      d.DANE == nil || *d.DANE,
 		}
 		if d.Level != "" {
 			r.Level = c.level(d.Level, at("level")...)
@@ -317,31 +356,139 @@ func (c *compiler) destinations(p *Rules, cfg Config) {
 			r.OnFail = c.onFail(d.OnFail, at("on_fail")...)
 		}
 		c.fallback(r.OnFail, d.Fallback, path)
-		c.index(p, r, at("match"))
+		c.patterns(p, r, d, path)
 		p.Rules = append(p.Rules, r)
+	}
+	c.unlistedDuplicates()
+}
+
+// patterns compiles a rule's match or match_file into the entries that
+// lookups find, once the rule's other settings are known.
+func (c *compiler) patterns(p *Rules, r *Rule, d DestinationRule, path []any) {
+	match, file := append(path[:2:2], "match"), append(path[:2:2], "match_file")
+	switch {
+	case c.wasRefused(file):
+		// Reported as a value of the wrong type already.
+	case len(d.Match) > 0 && d.MatchFile != "":
+		c.errorf(file, "%s: match and match_file exclude each other "+
+			"(write the patterns of match into %s, or give them a rule of their own)", pathString(path), d.MatchFile)
+	case d.MatchFile != "":
+		c.matchFile(p, r, file)
+	case len(d.Match) == 0 || len(d.Match) == 1 && d.Match[0] == "" && !c.isList(match):
+		c.errorf(match, "%s: every destination rule needs a match (e.g. match: example.org, "+
+			"match: [a.example, b.example] or match_file: partners.txt)", pathString(path))
+	case len(d.Match) == 1 && !c.isList(match):
+		// One pattern as a string: the rule is its own entry.
+		r.Match = d.Match[0]
+		c.index(p, r, match)
+	default:
+		r.Match = "[" + strings.Join(d.Match, ", ") + "]"
+		for j, m := range d.Match {
+			at := append(match[:3:3], j)
+			c.index(p, r.entry(m, c.file, lineOf(c.root, at...)), at)
+		}
 	}
 }
 
-// index adds a rule to the lookup maps by the form of its pattern.
-func (c *compiler) index(p *Rules, r *Rule, path []any) {
-	if r.Match == "" {
-		c.errorf(path, "%s: every destination rule needs a match (e.g. example.org, .example.org or \"[mx.example.org]:25\")", pathString(path[:2]))
+// index adds one pattern of a rule to the lookup maps by its form. path
+// is where the pattern is in the configuration; nil for a match file's.
+func (c *compiler) index(p *Rules, e *Rule, path []any) {
+	if msg := wildcardMsg(e.Match); msg != "" {
+		c.patternError(e, path, "%s", msg)
 		return
 	}
-	k, err := ParseKey(r.Match)
+	k, err := ParseKey(e.Match)
 	if err != nil {
-		c.errorf(path, "%s: %v (write example.org, .example.org, \"[host]\", \"[host]:port\" or host:port)", pathString(path), err)
+		c.patternError(e, path, "%v (write example.org, .example.org, \"[host]\", \"[host]:port\" or host:port)", err)
 		return
 	}
 	m := map[KeyKind]map[string]*Rule{KeyDomain: p.exact, KeyParent: p.parent, KeyVerbatim: p.verbatim}[k.Kind]
 	if prev, dup := m[k.Name]; dup {
-		c.errorf(path, "%s: %q is already matched by destinations[%d] (line %d); this rule could never apply", pathString(path), r.Match, prev.Index, prev.Line)
+		c.duplicate(e, prev, path)
 		return
 	}
-	m[k.Name] = r
+	owner := e.head()
+	owner.patterns = append(owner.patterns, e)
+	m[k.Name] = e
 	if k.Kind == KeyParent {
 		p.parentLabels |= labelBit(strings.Count(k.Name, ".") + 1)
 	}
+}
+
+// patternError reports a bad pattern where it is written: at its path in
+// the configuration, or at its line in a match file.
+func (c *compiler) patternError(e *Rule, path []any, format string, args ...any) {
+	if path != nil {
+		c.errorf(path, "%s: "+format, append([]any{pathString(path)}, args...)...)
+		return
+	}
+	c.errs = append(c.errs, c.fileError(e, fmt.Sprintf(format, args...)))
+}
+
+// fileError is a problem with pattern e of a match file, at its line in
+// that file, listed after the line of the configuration that names it.
+func (c *compiler) fileError(e *Rule, msg string) ConfigError {
+	return ConfigError{File: e.File, Line: e.Line, Msg: msg, at: lineOf(c.root, "destinations", e.Index, "match_file")}
+}
+
+// isList reports whether the value at path is written as a YAML list.
+func (c *compiler) isList(path []any) bool {
+	return c.root != nil && nodeAt(c.root, path...).Kind == yaml.SequenceNode
+}
+
+// maxDuplicateWarnings bounds the warnings about patterns matched by an
+// earlier one: a match file named twice would otherwise log one line per
+// pattern on every reload.
+const maxDuplicateWarnings = 20
+
+// duplicate warns that pattern e is matched by prev already. It is no
+// error: a partner list may well repeat a domain that an earlier rule
+// names, and the first match wins as always.
+func (c *compiler) duplicate(e, prev *Rule, path []any) {
+	var w ConfigError
+	var where string
+	if path != nil {
+		w, where = ConfigError{File: c.file, Line: lineOf(c.root, path...)}, pathString(path)
+	} else {
+		w, where = c.fileError(e, ""), fmt.Sprintf("destinations[%d]", e.Index)
+	}
+	switch c.duplicates++; {
+	case c.duplicates <= maxDuplicateWarnings:
+		w.Msg = fmt.Sprintf("%s: %q is matched already by %s (destinations[%d]), which comes first and wins; "+
+			"this entry never applies (remove one of the two)", where, e.Match, prev.Ref(), prev.Index)
+		c.warnings = append(c.warnings, w)
+	case c.duplicates == maxDuplicateWarnings+1:
+		w.Msg = where + ": " // completed by unlistedDuplicates
+		c.unlisted = len(c.warnings)
+		c.warnings = append(c.warnings, w)
+	}
+}
+
+// unlistedDuplicates completes the warning that stands for the duplicates
+// past maxDuplicateWarnings, once they are all counted.
+func (c *compiler) unlistedDuplicates() {
+	if c.duplicates > maxDuplicateWarnings {
+		c.warnings[c.unlisted].Msg += fmt.Sprintf("this pattern and %d more after it are matched already by earlier ones, "+
+			"and not listed one by one (remove the duplicates; the first match wins)", c.duplicates-maxDuplicateWarnings-1)
+	}
+}
+
+// wildcardMsg says why a pattern with "*" is refused and what to write, or
+// returns "". Postfix's tables have no wildcards, and "*.example.com"
+// would otherwise be taken as a domain no key can ever be.
+func wildcardMsg(pattern string) string {
+	i := strings.LastIndexByte(pattern, '*')
+	switch {
+	case i < 0:
+		return ""
+	case strings.TrimSpace(pattern) == "*":
+		return fmt.Sprintf("%q: there are no wildcards; to set the floor of every destination that no rule names, set defaults.level", pattern)
+	}
+	if k, err := ParseKey(pattern[1:]); i == 0 && strings.HasPrefix(pattern, "*.") && err == nil && k.Kind == KeyParent {
+		return fmt.Sprintf("%q: \"*\" is no wildcard here; write %q for any subdomain of %s (and list %s as well if the domain itself is meant)",
+			pattern, k.String(), k.Name, k.Name)
+	}
+	return fmt.Sprintf("%q: \"*\" is no wildcard here; write each domain exactly (example.org), or .example.org for any subdomain of example.org", pattern)
 }
 
 func (c *compiler) onFail(s string, path ...any) OnFail {

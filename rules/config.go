@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -119,13 +118,42 @@ type DefaultsConfig struct {
 // DestinationRule is one entry of "destinations"; the first that matches a
 // destination decides its floor.
 type DestinationRule struct {
-	Match    string `yaml:"match"`
-	Level    string `yaml:"level"`
-	Upgrade  string `yaml:"upgrade"`
-	OnFail   string `yaml:"on_fail"`
-	Fallback string `yaml:"fallback"`
-	MTASTS   *bool  `yaml:"mtasts"`
-	DANE     *bool  `yaml:"dane"`
+	Match Patterns `yaml:"match"`
+	// MatchFile names a file of patterns, one per line, instead of Match;
+	// a relative path is taken from the configuration file's folder.
+	MatchFile string `yaml:"match_file"`
+	Level     string `yaml:"level"`
+	Upgrade   string `yaml:"upgrade"`
+	OnFail    string `yaml:"on_fail"`
+	Fallback  string `yaml:"fallback"`
+	MTASTS    *bool  `yaml:"mtasts"`
+	DANE      *bool  `yaml:"dane"`
+}
+
+// Patterns is the match of a destination rule: one pattern, or a list of
+// them of which any matches. YAML gives either a string or a list of
+// strings.
+type Patterns []string
+
+// UnmarshalYAML takes a string or a list of strings, so that Config
+// decodes with yaml.v3 directly too (Load walks the tree itself).
+func (p *Patterns) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*p = Patterns{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var list []string
+		if err := n.Decode(&list); err != nil {
+			return fmt.Errorf("line %d: match: write one pattern per item of the list: %w", n.Line, err)
+		}
+		*p = list
+		return nil
+	}
+	return fmt.Errorf("line %d: match: write a pattern or a list of patterns in square brackets ([a.example, b.example])", n.Line)
 }
 
 // ClassConfig is a sender class: mail from these senders needs this level.
@@ -161,6 +189,11 @@ type ConfigError struct {
 	File string
 	Line int // 0 when the problem has no single line
 	Msg  string
+
+	// at is, for a problem in a match file, the line of the configuration
+	// that names the file: the problem is listed there, after those of the
+	// configuration's own line, so that "in line order" reads top down.
+	at int
 }
 
 func (e ConfigError) Error() string {
@@ -224,58 +257,62 @@ func readErrorMsg(err error) string {
 	return fmt.Sprintf("cannot read the configuration: %v", cause)
 }
 
-// Load parses and compiles configuration data; name is used in errors.
+// Load parses and compiles configuration data; name is used in errors,
+// and a relative match_file is taken from name's folder.
 func Load(name string, data []byte) (*Rules, error) {
-	cfg, root, errs := parse(name, data)
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	return Compile(name, cfg, root)
+	return load(name, data, readMatchFile)
 }
 
-// parse decodes data over the defaults. It reports YAML syntax errors,
-// unknown keys (with a suggestion) and type errors, each with its line.
-func parse(name string, data []byte) (Config, *yaml.Node, ConfigErrors) {
+// load is Load with the reader of match files given, so that tests can
+// serve them from memory.
+func load(name string, data []byte, read func(path string) ([]byte, error)) (*Rules, error) {
+	cfg, root, d := parse(name, data)
+	if root == nil && len(d.errs) > 0 || d.exhausted() { // nothing (complete) to check further
+		return nil, d.errs
+	}
+	c := &compiler{file: name, root: root, refused: d.refused, read: read}
+	p := c.compile(cfg)
+	errs := append(d.errs, c.errs...)
+	if len(errs) > 0 {
+		sortErrors(errs)
+		return nil, errs
+	}
+	return p, nil
+}
+
+// parse decodes data over the defaults. It reports YAML syntax errors, and
+// every unknown key and value of the wrong type, each with its line; the
+// decoder it returns holds those errors and the paths of refused values.
+// The tree is nil when there is none to check further (an empty file, a
+// syntax error, a document that is not a mapping).
+func parse(name string, data []byte) (Config, *yaml.Node, *decoder) {
 	cfg := DefaultConfig()
+	d := &decoder{file: name, refused: map[string]bool{}, budget: len(data) + 64}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return cfg, nil, yamlErrors(name, err)
+		d.errs = yamlErrors(name, data, err)
+		return cfg, nil, d
 	}
 	if doc.Kind == 0 { // empty file: all defaults
-		return cfg, nil, nil
+		return cfg, nil, d
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]
 	}
 	if root.Kind != yaml.MappingNode {
-		return cfg, nil, ConfigErrors{{File: name, Line: root.Line,
+		d.errs = ConfigErrors{{File: name, Line: root.Line,
 			Msg: "the configuration must be a mapping of keys (listen:, defaults:, destinations: ...)"}}
+		return cfg, nil, d
 	}
-	var errs ConfigErrors
-	checkKeys(name, root, reflect.TypeOf(cfg), "", &errs)
-
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		reported := make(map[int]bool, len(errs))
-		for _, e := range errs {
-			reported[e.Line] = true
-		}
-		for _, e := range yamlErrors(name, err) {
-			if !reported[e.Line] { // checkKeys already explained unknown keys
-				errs = append(errs, e)
-			}
-		}
-	}
-	sortErrors(errs)
-	return cfg, root, errs
+	d.decode(root, &cfg)
+	return cfg, root, d
 }
 
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
 // yamlErrors turns a yaml.v3 error into ConfigErrors with line numbers.
-func yamlErrors(name string, err error) ConfigErrors {
+func yamlErrors(name string, data []byte, err error) ConfigErrors {
 	var msgs []string
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -290,101 +327,48 @@ func yamlErrors(name string, err error) ConfigErrors {
 			e.Line, _ = strconv.Atoi(sub[1])
 			e.Msg = sub[2]
 		}
+		if aliasRE.Match(lineText(data, e.Line)) {
+			// An unquoted "*.example.com" reads as an alias to an anchor.
+			e.Msg += ` (an unquoted value that starts with "*" is an alias in YAML; "*" is no wildcard ` +
+				`either: for any subdomain of example.com write .example.com)`
+		}
 		errs = append(errs, e)
 	}
 	return errs
 }
 
+// aliasRE finds an alias where a match pattern would be: after "key:",
+// "- " or "[".
+var aliasRE = regexp.MustCompile(`(?:^|:|-|\[|,)\s*\*[^\s\w]`)
+
+// lineText is line n (from 1) of data, or nil.
+func lineText(data []byte, n int) []byte {
+	for i := 1; n > 0 && len(data) > 0; i++ {
+		line, rest, _ := bytes.Cut(data, []byte{'\n'})
+		if i == n {
+			return line
+		}
+		data = rest
+	}
+	return nil
+}
+
+// sortErrors puts errors in line order, those of a match file at the line
+// that names it.
 func sortErrors(errs ConfigErrors) {
-	sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
+	sort.SliceStable(errs, func(i, j int) bool { return errs[i].less(errs[j]) })
 }
 
-// checkKeys walks the YAML tree against the schema type and reports every
-// key the schema does not have, suggesting the closest valid key.
-func checkKeys(file string, n *yaml.Node, t reflect.Type, path string, errs *ConfigErrors) {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch {
-	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
-		fields := yamlFields(t)
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			ft, ok := fields[k.Value]
-			if !ok {
-				*errs = append(*errs, ConfigError{File: file, Line: k.Line,
-					Msg: unknownKeyMsg(path, k.Value, fields)})
-				continue
-			}
-			checkKeys(file, v, ft, joinPath(path, k.Value), errs)
-		}
-	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
-		for i, item := range n.Content {
-			checkKeys(file, item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), errs)
-		}
-	}
+func (e ConfigError) less(o ConfigError) bool {
+	a, b := e.sortKey(), o.sortKey()
+	return a[0] < b[0] || a[0] == b[0] && a[1] < b[1]
 }
 
-func yamlFields(t reflect.Type) map[string]reflect.Type {
-	fields := make(map[string]reflect.Type, t.NumField())
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if name != "" && name != "-" {
-			fields[name] = f.Type
-		}
+func (e ConfigError) sortKey() [2]int {
+	if e.at > 0 {
+		return [2]int{e.at, e.Line}
 	}
-	return fields
-}
-
-func joinPath(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
-func unknownKeyMsg(path, key string, fields map[string]reflect.Type) string {
-	where := "at the top level"
-	if path != "" {
-		where = "in " + path
-	}
-	names := make([]string, 0, len(fields))
-	for name := range fields {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	best, dist := "", 3 // suggest only close spellings
-	for _, name := range names {
-		if d := editDistance(strings.ToLower(key), name); d < dist {
-			best, dist = name, d
-		}
-	}
-	if best != "" {
-		return fmt.Sprintf("unknown key %q %s; did you mean %q?", key, where, best)
-	}
-	return fmt.Sprintf("unknown key %q %s; valid keys are %s", key, where, strings.Join(names, ", "))
-}
-
-// editDistance is the Levenshtein distance, for "did you mean" hints.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return [2]int{e.Line, 0}
 }
 
 // lineOf finds the line of the value at path (mapping keys as strings,
@@ -394,16 +378,20 @@ func lineOf(root *yaml.Node, path ...any) int {
 	if root == nil {
 		return 0
 	}
-	n := root
+	return nodeAt(root, path...).Line
+}
+
+// nodeAt is the node at path, or the deepest one on the way to it. Aliases
+// are followed, and of a key written twice the first counts, as when the
+// file is decoded.
+func nodeAt(n *yaml.Node, path ...any) *yaml.Node {
 	for _, p := range path {
-		next := (*yaml.Node)(nil)
+		var next *yaml.Node
 		switch p := p.(type) {
 		case string:
-			if n.Kind == yaml.MappingNode {
-				for i := 0; i+1 < len(n.Content); i += 2 {
-					if n.Content[i].Value == p {
-						next = n.Content[i+1]
-					}
+			for i := 0; n.Kind == yaml.MappingNode && i+1 < len(n.Content) && next == nil; i += 2 {
+				if n.Content[i].Value == p {
+					next = n.Content[i+1]
 				}
 			}
 		case int:
@@ -412,9 +400,11 @@ func lineOf(root *yaml.Node, path ...any) int {
 			}
 		}
 		if next == nil {
-			break
+			return n
 		}
-		n = next
+		if n = next; n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
 	}
-	return n.Line
+	return n
 }

@@ -44,14 +44,20 @@ func TestShippedExamplesLoad(t *testing.T) {
 	}
 	tail = strings.Replace(tail, "classes: []", "classes:", 1)
 	text := head + "destinations:" + regexp.MustCompile(`(?m)^#(  [ -])`).ReplaceAllString(tail, "$1")
-	p, err := Load("rules.yaml (examples)", []byte(text))
+	partners := func(path string) ([]byte, error) {
+		if path != "partners.txt" {
+			t.Errorf("match_file read as %q, want partners.txt beside the configuration", path)
+		}
+		return []byte("# partners\npartner-c.example\n"), nil
+	}
+	p, err := load("rules.yaml (examples)", []byte(text), partners)
 	if err != nil {
 		t.Fatalf("uncommented examples do not load:\n%v\n%s", err, text)
 	}
-	if len(p.Rules) != 4 || len(p.Classes) != 1 {
-		t.Fatalf("got %d rules and %d classes, want 4 and 1", len(p.Rules), len(p.Classes))
+	if len(p.Rules) != 6 || len(p.Classes) != 1 || len(p.Warnings) != 0 {
+		t.Fatalf("got %d rules, %d classes and warnings %v; want 6, 1 and none", len(p.Rules), len(p.Classes), p.Warnings)
 	}
-	if r := p.Rules[3]; r.MTASTS || r.DANE {
+	if r := p.Rules[5]; r.MTASTS || r.DANE {
 		t.Errorf("legacy rule opts out of mtasts and dane, got %+v", r)
 	}
 }
@@ -91,11 +97,13 @@ func TestConnectionSettings(t *testing.T) {
 	}
 }
 
-var wantRE = regexp.MustCompile(`(?m)^# want: (\d+): (.*)$`)
+var wantRE = regexp.MustCompile(`(?m)^# want: (?:([^\s:]+):)?(\d+): (.*)$`)
 
 // TestBadConfigs loads every file in testdata/bad. Each file states the
-// errors it must produce in "# want: LINE: message-prefix" comments; the
-// errors must be exactly those, in that order.
+// errors it must produce in "# want: LINE: message-prefix" comments, or
+// "# want: FILE:LINE: message-prefix" for an error in another file of
+// testdata/bad (a match file); the errors must be exactly those, in that
+// order.
 func TestBadConfigs(t *testing.T) {
 	t.Parallel()
 	files, err := filepath.Glob("testdata/bad/*.yaml")
@@ -125,10 +133,14 @@ func TestBadConfigs(t *testing.T) {
 				if i >= len(errs) {
 					break
 				}
-				line, _ := strconv.Atoi(w[1])
+				wantFile := file
+				if w[1] != "" {
+					wantFile = filepath.Join(filepath.Dir(file), w[1])
+				}
+				line, _ := strconv.Atoi(w[2])
 				got := errs[i]
-				if got.File != file || got.Line != line || !strings.HasPrefix(got.Msg, w[2]) {
-					t.Errorf("error %d:\n got %s\nwant %s:%d: %s...", i, got, file, line, w[2])
+				if got.File != wantFile || got.Line != line || !strings.HasPrefix(got.Msg, w[3]) {
+					t.Errorf("error %d:\n got %s\nwant %s:%d: %s...", i, got, wantFile, line, w[3])
 				}
 			}
 		})

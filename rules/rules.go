@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -84,11 +85,23 @@ func parseOnFail(s string) (OnFail, error) {
 	return 0, fmt.Errorf("unknown on_fail %q (write reject, defer, discard, hold or fallback)", s)
 }
 
-// Rule is a compiled destination rule (or the defaults, Index -1).
+// Rule is a compiled destination rule (or the defaults, Index -1). A rule
+// written with one pattern is its own entry in the lookup maps. A rule with
+// a list or a match_file has one entry per pattern: a Rule like it, whose
+// Match, File and Line are the pattern's, so that whatever cites the rule a
+// lookup matched (query, history, logs, the API) cites that pattern's line.
 type Rule struct {
-	Index    int    // position in destinations; -1 for the defaults
-	Match    string // the pattern as written
-	Line     int    // line in the file, for "which rule decided"
+	Index int // position in destinations; -1 for the defaults
+	// Match is the pattern as written; for a rule with a list, the list
+	// as "[a, b]"; empty for a rule with a match_file.
+	Match     string
+	MatchFile string // the match_file as written, or ""
+	// File and Line are where the rule is written, for "which rule
+	// decided": the configuration and the line its entry starts on; for
+	// an entry of a list, the pattern's line; for an entry of a match
+	// file, that file (its path from the working directory) and line.
+	File     string
+	Line     int
 	Level    Level
 	Upgrade  Upgrade
 	OnFail   OnFail
@@ -96,28 +109,69 @@ type Rule struct {
 	MTASTS   bool   // published MTA-STS policies apply
 	DANE     bool   // published TLSA records apply
 
+	rule     *Rule   // for an entry of a list or match file: its rule
+	patterns []*Rule // the entries lookups can return for this rule
+
 	// matched is set by the first lookup the rule answers, so that the
 	// status page can list rules that never matched since the load. Set
 	// once and then only read, it costs lookups no contention.
 	matched atomic.Bool
 }
 
+// entry makes the entry of one pattern of the rule r, once r's settings
+// are complete.
+func (r *Rule) entry(pattern, file string, line int) *Rule {
+	return &Rule{
+		Index: r.Index, Match: pattern, MatchFile: r.MatchFile, File: file, Line: line,
+		Level: r.Level, Upgrade: r.Upgrade, OnFail: r.OnFail, Fallback: r.Fallback, MTASTS: r.MTASTS, DANE: r.DANE,
+		rule: r,
+	}
+}
+
+// head is the rule an entry belongs to (the rule itself for a rule of one
+// pattern, and for the defaults).
+func (r *Rule) head() *Rule {
+	if r.rule != nil {
+		return r.rule
+	}
+	return r
+}
+
+// Patterns are the entries that lookups can return for the rule, one per
+// pattern in file order; a pattern matched already by an earlier one is
+// not among them.
+func (r *Rule) Patterns() []*Rule { return r.head().patterns }
+
 // MarkMatched records that the rule answered a lookup.
 func (r *Rule) MarkMatched() {
-	if !r.matched.Load() {
-		r.matched.Store(true)
+	if h := r.head(); !h.matched.Load() {
+		h.matched.Store(true)
 	}
 }
 
 // Matched reports whether the rule answered a lookup since it was loaded.
-func (r *Rule) Matched() bool { return r.matched.Load() }
+func (r *Rule) Matched() bool { return r.head().matched.Load() }
+
+// Ref is where the rule is written, "FILE:LINE", or "" for defaults that
+// the file does not write.
+func (r *Rule) Ref() string {
+	if r.Line == 0 {
+		return ""
+	}
+	return r.File + ":" + strconv.Itoa(r.Line)
+}
 
 // Describe says which rule this is, for query output and logs.
-func (r *Rule) Describe(file string) string {
-	if r.Index < 0 {
+func (r *Rule) Describe() string {
+	switch {
+	case r.Index < 0:
 		return "defaults (no destination rule matched)"
+	case r.MatchFile != "" && r.rule != nil:
+		return fmt.Sprintf("%s (match_file of destinations[%d] at %s) match %q", r.Ref(), r.Index, r.rule.Ref(), r.Match)
+	case r.MatchFile != "":
+		return fmt.Sprintf("%s destinations[%d] match_file %q", r.Ref(), r.Index, r.MatchFile)
 	}
-	return fmt.Sprintf("%s:%d destinations[%d] match %q", file, r.Line, r.Index, r.Match)
+	return fmt.Sprintf("%s destinations[%d] match %q", r.Ref(), r.Index, r.Match)
 }
 
 // Floor is the level the rule sets for a class's mail (nil: the default
