@@ -86,15 +86,20 @@ func parseOnFail(s string) (OnFail, error) {
 
 // Rule is a compiled destination rule (or the defaults, Index -1).
 type Rule struct {
-	Index    int    // position in destinations; -1 for the defaults
-	Match    string // the pattern as written
-	Line     int    // line in the file, for "which rule decided"
-	Level    Level
-	Upgrade  Upgrade
-	OnFail   OnFail
-	Fallback string // "transport:nexthop", or empty
-	MTASTS   bool   // published MTA-STS policies apply
-	DANE     bool   // published TLSA records apply
+	Index   int    // position in destinations; -1 for the defaults
+	Match   string // the pattern as written
+	Line    int    // line in the file, for "which rule decided"
+	Level   Level
+	Upgrade Upgrade
+	// UpgradeLine is the line of the upgrade setting in force for the
+	// rule: its own, else the defaults' (which a rule without one
+	// inherits); 0 when neither is written and the built-in default
+	// holds. It says where to change what caps probes and pins.
+	UpgradeLine int
+	OnFail      OnFail
+	Fallback    string // "transport:nexthop", or empty
+	MTASTS      bool   // published MTA-STS policies apply
+	DANE        bool   // published TLSA records apply
 
 	// matched is set by the first lookup the rule answers, so that the
 	// status page can list rules that never matched since the load. Set
