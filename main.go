@@ -190,13 +190,8 @@ func query(args []string, stdout, stderr io.Writer) int {
 	e := policyd.NewEngine(p, cache)
 	// The daemon's pins count too: read them from the store, or from the
 	// daemon if it holds the store.
-	if admin, err := openPinAdmin(p.Settings); err == nil {
-		if list, err := admin.list(); err == nil {
-			e.UsePins(list, p.Settings.PinTTL)
-		} else {
-			fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
-		}
-		admin.close()
+	if list, err := readPins(p.Settings); err == nil {
+		e.UsePins(list, p.Settings.PinTTL)
 	} else {
 		fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
 	}

@@ -153,23 +153,29 @@ func AdminPin(destination, level string, ttl time.Duration, now time.Time) (stat
 		return state.Pin{}, err
 	}
 	l, err := rules.ParseLevel(level)
-	if err != nil {
-		return state.Pin{}, err
-	}
-	if l != rules.LevelEncrypt && l != rules.LevelVerify {
-		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", l)
+	switch {
+	case err != nil:
+		return state.Pin{}, fmt.Errorf("%q is not a level a pin can have: %w", level, ErrPinLevel)
+	case l != rules.LevelEncrypt && l != rules.LevelVerify:
+		return state.Pin{}, fmt.Errorf("%w, not %s (for %s, write a destination rule for %s with level: %s)", ErrPinLevel, l, l, key, l)
 	}
 	return state.Pin{Key: key, Level: l.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(ttl), Source: "admin"}, nil
 }
 
-// add pins a destination by hand (pre-seeding a known partner).
-func (b *pinBook) add(destination, level string) (state.Pin, error) {
+// add pins a destination by hand (pre-seeding a known partner). A pin
+// below the one in force is refused (a *PinLowerError) unless forced.
+func (b *pinBook) add(destination, level string, force bool) (state.Pin, error) {
 	p, err := AdminPin(destination, level, b.ttl, b.now())
 	if err != nil {
 		return state.Pin{}, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if current, ok := b.get(p.Key); ok && !force {
+		if err := LowersPin(current, p, b.now()); err != nil {
+			return state.Pin{}, err
+		}
+	}
 	if b.store != nil {
 		if err := b.store.PutPins(p); err != nil {
 			return state.Pin{}, err
