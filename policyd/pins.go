@@ -136,6 +136,13 @@ func (b *pinBook) persist(p state.Pin) {
 	}
 }
 
+// ProbeBelowPin reports whether probe result r shows less than pin p
+// while p is in force at now: a possible downgrade attack (or a partner
+// that really dropped TLS). A failed probe shows nothing.
+func ProbeBelowPin(p state.Pin, r tlsprobe.Report, now time.Time) bool {
+	return p.Valid(now) && !r.Failed() && !capabilityLevel(r.Capability).AtLeast(pinLevel(&p))
+}
+
 // PinKey is the key under which a destination's pin is kept: the probe
 // target of the destination as Postfix names it.
 func PinKey(destination string) (string, error) {
