@@ -9,7 +9,7 @@
 //	tlspolicyd check   [-config FILE]
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
-//	tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+//	tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
 //	tlspolicyd version
 package main
 
@@ -93,7 +93,7 @@ func usage(w io.Writer) {
                                             print the answer and why (rule, probe evidence, pin ...)
   tlspolicyd probe   [-config FILE] [-json] DOMAIN
                                             probe now and print what was found per MX host
-  tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+  tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
                                             show or change pins (directly, or through a running daemon)
   tlspolicyd history [-config FILE] [-json] DESTINATION
                                             every change of the answers for DESTINATION, newest first:

@@ -34,13 +34,14 @@ func runCLI(t *testing.T, dir string, args ...string) (int, string) {
 }
 
 // writeStatic writes a configuration template with fixed addresses (the
-// commands that only read the file bind nothing) into dir.
+// commands that only read the file bind nothing) into dir. Its listen.http
+// is noDaemon: the commands that ask a running daemon first find none.
 func writeStatic(t *testing.T, dir, text string) string {
 	t.Helper()
 	text = strings.NewReplacer(
 		phSocketmap, "127.0.0.1:10028",
 		phTCPTable, "127.0.0.1:10029",
-		phHTTP, "127.0.0.1:10032",
+		phHTTP, noDaemon,
 		phDNS, "127.0.0.1:1",
 		phDir, dir,
 	).Replace(text)
