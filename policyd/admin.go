@@ -36,7 +36,7 @@ func (d *Daemon) httpHandler() http.Handler {
 	mux.Handle("GET /api/v1/destinations/{name}", d.requireToken(http.HandlerFunc(d.apiDestination)))
 	mux.Handle("PUT /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-		p, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"), force)
+		p, lowered, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"), force)
 		var lower *PinLowerError
 		switch {
 		case errors.As(err, &lower):
@@ -53,7 +53,14 @@ func (d *Daemon) httpHandler() http.Handler {
 		if st.Capped != nil {
 			attrs = append(attrs, "answered", st.Capped.Answered, "capped", st.Capped.Note)
 		}
-		d.log.Info("pin added by administrator", attrs...)
+		if lowered != nil {
+			// Less protection against a downgrade than the destination
+			// had proved: an auditor looks for this one.
+			d.log.Warn("pin lowered by administrator (force)", append(attrs, "previous_level", lowered.Level,
+				"previous_source", lowered.Source)...)
+		} else {
+			d.log.Info("pin added by administrator", attrs...)
+		}
 		writeJSON(w, http.StatusOK, st)
 	}))))
 	mux.Handle("DELETE /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -81,7 +81,7 @@ func TestCappedPinExplained(t *testing.T) {
 	e := NewEngine(mustLoad(t, capRules), &fakeFindings{})
 	b, _, _ := newTestPinBook(t, nil)
 	e.pins = b
-	if _, err := b.add("partner.test", "verify", false); err != nil {
+	if _, _, err := b.add("partner.test", "verify", false); err != nil {
 		t.Fatal(err)
 	}
 	const note = "pinned verify, answered encrypt: capped by upgrade: encrypt at test.yaml:3"
@@ -98,7 +98,7 @@ func TestCappedPinExplained(t *testing.T) {
 		t.Errorf("JSON view: %s", raw)
 	}
 
-	if _, err := b.add("allows.test", "verify", false); err != nil {
+	if _, _, err := b.add("allows.test", "verify", false); err != nil {
 		t.Fatal(err)
 	}
 	if v := e.View("allows.test"); v.Pin == nil || v.Pin.Capped != nil || v.Level != "verify" {
@@ -115,10 +115,10 @@ func TestCappedPinExplained(t *testing.T) {
 func TestPinLowering(t *testing.T) {
 	t.Parallel()
 	b, clock, _ := newTestPinBook(t, nil)
-	if _, err := b.add("partner.test", "verify", false); err != nil {
+	if _, _, err := b.add("partner.test", "verify", false); err != nil {
 		t.Fatal(err)
 	}
-	_, err := b.add("partner.test", "encrypt", false)
+	_, _, err := b.add("partner.test", "encrypt", false)
 	var lower *PinLowerError
 	if !errors.As(err, &lower) || lower.Current.Level != "verify" ||
 		!strings.Contains(err.Error(), "partner.test is pinned at verify") || !strings.Contains(err.Error(), "tlspolicyd pins add -force partner.test encrypt") {
@@ -127,17 +127,17 @@ func TestPinLowering(t *testing.T) {
 	if p, _ := b.get("partner.test"); p.Level != "verify" {
 		t.Errorf("the refused change lowered the pin to %s", p.Level)
 	}
-	if _, err := b.add("partner.test", "verify", false); err != nil {
-		t.Errorf("renewing at the same level: %v", err)
+	if _, lowered, err := b.add("partner.test", "verify", false); err != nil || lowered != nil {
+		t.Errorf("renewing at the same level: lowered %+v, %v", lowered, err)
 	}
-	if p, err := b.add("partner.test", "encrypt", true); err != nil || p.Level != "encrypt" {
-		t.Errorf("lowering with force: %+v, %v", p, err)
+	if p, lowered, err := b.add("partner.test", "encrypt", true); err != nil || p.Level != "encrypt" || lowered == nil || lowered.Level != "verify" {
+		t.Errorf("lowering with force: %+v, lowered %+v, %v; want encrypt, lowered from verify", p, lowered, err)
 	}
-	if _, err := b.add("partner.test", "verify", false); err != nil {
+	if _, _, err := b.add("partner.test", "verify", false); err != nil {
 		t.Errorf("raising: %v", err)
 	}
 	clock.advance(31 * 24 * time.Hour)
-	if _, err := b.add("partner.test", "encrypt", false); err != nil {
+	if _, _, err := b.add("partner.test", "encrypt", false); err != nil {
 		t.Errorf("over an expired pin: %v", err)
 	}
 }

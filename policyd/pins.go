@@ -170,26 +170,30 @@ func AdminPin(destination, level string, ttl time.Duration, now time.Time) (stat
 }
 
 // add pins a destination by hand (pre-seeding a known partner). A pin
-// below the one in force is refused (a *PinLowerError) unless forced.
-func (b *pinBook) add(destination, level string, force bool) (state.Pin, error) {
-	p, err := AdminPin(destination, level, b.ttl, b.now())
+// below the one in force is refused (a *PinLowerError) unless forced;
+// lowered is the pin a forced one replaced (nil when none was lowered).
+func (b *pinBook) add(destination, level string, force bool) (p state.Pin, lowered *state.Pin, err error) {
+	p, err = AdminPin(destination, level, b.ttl, b.now())
 	if err != nil {
-		return state.Pin{}, err
+		return state.Pin{}, nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if current, ok := b.get(p.Key); ok && !force {
+	if current, ok := b.get(p.Key); ok {
 		if err := LowersPin(current, p, b.now()); err != nil {
-			return state.Pin{}, err
+			if !force {
+				return state.Pin{}, nil, err
+			}
+			lowered = current
 		}
 	}
 	if b.store != nil {
 		if err := b.store.PutPins(p); err != nil {
-			return state.Pin{}, err
+			return state.Pin{}, nil, err
 		}
 	}
 	b.put(&p)
-	return p, nil
+	return p, lowered, nil
 }
 
 // remove drops a pin: the way out when a partner truly drops TLS.

@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// Pins say the truth (issue 14): a pin above what the rule's upgrade lets
+// Pins say the truth: a pin above what the rule's upgrade lets
 // evidence raise to is kept and answered at the cap, and everything that
 // shows the pin says so and where the cap is set; a pin is lowered only
 // when asked with -force; a refused level names the accepted ones.
@@ -133,6 +133,9 @@ func TestPinsSayTheTruth(t *testing.T) {
 	}
 	if p := pinStatuses(t, config)["partner.test"]; p.Level != "encrypt" || p.Capped != nil {
 		t.Errorf("after -force: partner.test = %+v, capped %+v; want encrypt, not capped", p.pinJSON, p.Capped)
+	}
+	if _, ok := findLine(d.logText(), "level=WARN", "pin lowered by administrator", "destination=partner.test", "previous_level=verify"); !ok {
+		t.Errorf("the daemon did not warn of the forced lowering (\"pin lowered by administrator\", previous_level=verify)")
 	}
 	checkLookup(t, table, lookup{key: "partner.test", want: encrypt}, "")
 

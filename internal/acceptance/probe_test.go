@@ -215,7 +215,7 @@ func TestProbing(t *testing.T) {
 		}
 	})
 
-	// The probe command's hints (issue 14): a probe below the pin is a
+	// The probe command's hints: a probe below the pin is a
 	// possible downgrade; an IP address without brackets is no domain.
 	t.Run("probe command hints", func(t *testing.T) {
 		t.Parallel()

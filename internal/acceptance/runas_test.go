@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// Runs as anyone (issue 14): the shipped rules.yaml serves for an ordinary
+// Runs as anyone: the shipped rules.yaml serves for an ordinary
 // user out of the box, its state beside it; under systemd a relative
 // state.path is taken from $STATE_DIRECTORY; a state path that cannot be
 // written says what to set.
