@@ -61,6 +61,9 @@ func probe(args []string, stdout, stderr io.Writer) int {
 // pin: what a STARTTLS-stripping attacker on the path would cause, and
 // what the daemon does about it.
 func warnDowngrade(w, stderr io.Writer, rs *rules.Rules, target tlsprobe.Target, r tlsprobe.Report) {
+	if r.Failed() {
+		return // no evidence, so nothing below a pin either
+	}
 	pins, err := readPins(rs.Settings)
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd: pins not read, so a probe below a pin cannot be shown:", err)

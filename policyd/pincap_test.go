@@ -74,8 +74,8 @@ func TestCapOfPin(t *testing.T) {
 	}
 }
 
-// TestCappedPinExplained: query's why, the API view and the status page
-// say that the upgrade caps the pin.
+// TestCappedPinExplained: query's why and the API view say that the
+// upgrade caps the pin.
 func TestCappedPinExplained(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(mustLoad(t, capRules), &fakeFindings{})
@@ -157,7 +157,8 @@ func TestPinLevelRefused(t *testing.T) {
 }
 
 // TestAdminPinsHTTP: PUT /admin/pins refuses to lower a pin (409) unless
-// force=true, and the pins it lists and answers say how they are capped.
+// force=true, and the pins it lists and answers, and the status pages,
+// say how they are capped.
 func TestAdminPinsHTTP(t *testing.T) {
 	t.Parallel()
 	d, _ := startDaemon(t, "defaults: {level: may, upgrade: encrypt}\n")
@@ -190,5 +191,12 @@ func TestAdminPinsHTTP(t *testing.T) {
 	var pins []PinStatus
 	if err := json.Unmarshal([]byte(list), &pins); err != nil || len(pins) != 1 || pins[0].Capped == nil || pins[0].Key != "partner.test" {
 		t.Errorf("GET /admin/pins: %s (%v); want partner.test, capped", list, err)
+	}
+	// The status page's list and the destination's page say it too.
+	if _, page := httpGet(t, base+"/"); !strings.Contains(page, "(capped by upgrade: encrypt)") {
+		t.Errorf("the status page's pin column does not say the pin is capped")
+	}
+	if _, page := httpGet(t, base+"/d/partner.test"); !strings.Contains(page, "pinned verify, answered encrypt: capped by upgrade: encrypt") {
+		t.Errorf("the destination's page does not say the pin is capped")
 	}
 }
