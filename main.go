@@ -9,7 +9,7 @@
 //	tlspolicyd check   [-config FILE]
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
-//	tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+//	tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
 //	tlspolicyd version
 package main
 
@@ -93,7 +93,7 @@ func usage(w io.Writer) {
                                             print the answer and why (rule, probe evidence, pin ...)
   tlspolicyd probe   [-config FILE] [-json] DOMAIN
                                             probe now and print what was found per MX host
-  tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+  tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
                                             show or change pins (directly, or through a running daemon)
   tlspolicyd history [-config FILE] [-json] DESTINATION
                                             every change of the answers for DESTINATION, newest first:
@@ -190,13 +190,8 @@ func query(args []string, stdout, stderr io.Writer) int {
 	e := policyd.NewEngine(p, cache)
 	// The daemon's pins count too: read them from the store, or from the
 	// daemon if it holds the store.
-	if admin, err := openPinAdmin(p.Settings); err == nil {
-		if list, err := admin.list(); err == nil {
-			e.UsePins(list, p.Settings.PinTTL)
-		} else {
-			fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
-		}
-		admin.close()
+	if list, err := readPins(p.Settings); err == nil {
+		e.UsePins(list, p.Settings.PinTTL)
 	} else {
 		fmt.Fprintln(stderr, "tlspolicyd: pins not read:", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -24,27 +25,66 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	g, ok := newGatherer(p, stderr)
-	if !ok {
-		return 1
-	}
 	target, err := policyd.Target(rest[0])
 	if err != nil {
 		fmt.Fprintln(stderr, "tlspolicyd:", err)
 		return 2
 	}
+	if nexthop, ok := policyd.Bracketed(target); ok {
+		fmt.Fprintf(stderr, "tlspolicyd: %s names %s without brackets, which Postfix (and a probe) looks up as a domain's MX records, "+
+			"and an IP address has none (NXDOMAIN); write %s to probe that address, as Postfix delivers to it\n", rest[0], target.Name, nexthop)
+		return 2
+	}
+	g, ok := newGatherer(p, stderr)
+	if !ok {
+		return 1
+	}
 	f := g.Gather(context.Background(), target, policyd.Findings{})
+	// Notes go to stderr with -json, so that stdout stays one JSON value.
+	notes := stdout
 	if asJSON {
+		notes = stderr
 		if code := printJSON(stdout, stderr, policyd.FindingsView(p, rest[0], target, f)); code != 0 {
 			return code
 		}
 	} else {
 		printFindings(stdout, f, p.Settings.MinTLSVersion)
 	}
+	warnDowngrade(notes, stderr, p, target, f.Probe)
 	if f.Failed() {
 		return 1
 	}
 	return 0
+}
+
+// warnDowngrade says so when the probe saw less than the destination's
+// pin: what a STARTTLS-stripping attacker on the path would cause, and
+// what the daemon does about it.
+func warnDowngrade(w, stderr io.Writer, rs *rules.Rules, target tlsprobe.Target, r tlsprobe.Report) {
+	if r.Failed() {
+		return // no evidence, so nothing below a pin either
+	}
+	pins, err := readPins(rs.Settings)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlspolicyd: pins not read, so a probe below a pin cannot be shown:", err)
+		return
+	}
+	now := time.Now()
+	for _, pin := range pins {
+		if pin.Key != target.Key() || !policyd.ProbeBelowPin(pin, r, now) {
+			continue
+		}
+		answer := "the daemon keeps answering " + pin.Level
+		if c := policyd.CapOfPin(rs, pin); c != nil {
+			answer = fmt.Sprintf("the daemon keeps answering %s (%s)", c.Answered, c.Note)
+		}
+		fmt.Fprintf(w, "warning: possible downgrade attack: %s is pinned at %s (first seen %s, confirmed %s, expires %s), "+
+			"but this probe saw %s (%s). Something on the path may be stripping STARTTLS or replacing the certificate; "+
+			"%s, so Postfix defers the mail rather than send it less protected. "+
+			"If the partner really changed its servers, remove the pin: tlspolicyd pins remove %s\n",
+			pin.Key, pin.Level, pin.FirstSeen.UTC().Format(time.RFC3339), pin.LastSeen.UTC().Format(time.RFC3339),
+			pin.Expires.UTC().Format(time.RFC3339), r.Capability, r.Reason(rs.Settings.MinTLSVersion), answer, pin.Key)
+	}
 }
 
 // printFindings writes the probe table and what the destination publishes.

@@ -305,7 +305,7 @@ func (f *Fetcher) Fetch(ctx context.Context, domain string) (Policy, error) {
 	case len(addrs) == 0:
 		return fail(FetchDNSError, fmt.Errorf("%s has no address", host))
 	case len(usable) == 0:
-		return fail(FetchPrivateAddress, fmt.Errorf("%s resolves only to non-public addresses %v", host, addrs))
+		return fail(FetchPrivateAddress, fmt.Errorf("%s resolves only to non-public addresses %v (set probe.allow_private: true to fetch from such addresses)", host, addrs))
 	}
 
 	tr := &http.Transport{

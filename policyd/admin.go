@@ -2,10 +2,12 @@ package policyd
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -25,7 +27,7 @@ func (d *Daemon) httpHandler() http.Handler {
 	// Pin administration for `tlspolicyd pins` while the daemon holds the
 	// store. Only local clients may change what the daemon enforces.
 	mux.Handle("GET /admin/pins", d.requireToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.pins.list())
+		writeJSON(w, http.StatusOK, PinStatuses(d.Engine.Rules(), d.pins.list()))
 	})))
 	mux.Handle("GET /{$}", d.requireToken(http.HandlerFunc(d.statusHandler)))
 	mux.Handle("GET /d/{name}", d.requireToken(http.HandlerFunc(d.destinationHandler)))
@@ -33,15 +35,33 @@ func (d *Daemon) httpHandler() http.Handler {
 	mux.Handle("GET /api/v1/destinations", d.requireToken(http.HandlerFunc(d.apiDestinations)))
 	mux.Handle("GET /api/v1/destinations/{name}", d.requireToken(http.HandlerFunc(d.apiDestination)))
 	mux.Handle("PUT /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"))
-		if err != nil {
+		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+		p, lowered, err := d.pins.add(r.PathValue("destination"), r.URL.Query().Get("level"), force)
+		var lower *PinLowerError
+		switch {
+		case errors.As(err, &lower):
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		case err != nil:
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		st := PinStatus{Pin: p, Capped: CapOfPin(d.Engine.Rules(), p)}
 		// Not "level": that is the record's own (INFO), which a second
 		// "level" would repeat, and in JSON replace for most readers.
-		d.log.Info("pin added by administrator", "destination", p.Key, "pin_level", p.Level, "expires", p.Expires)
-		writeJSON(w, http.StatusOK, p)
+		attrs := []any{"destination", p.Key, "pin_level", p.Level, "expires", p.Expires}
+		if st.Capped != nil {
+			attrs = append(attrs, "answered", st.Capped.Answered, "capped", st.Capped.Note)
+		}
+		if lowered != nil {
+			// Less protection against a downgrade than the destination
+			// had proved: an auditor looks for this one.
+			d.log.Warn("pin lowered by administrator (force)", append(attrs, "previous_level", lowered.Level,
+				"previous_source", lowered.Source)...)
+		} else {
+			d.log.Info("pin added by administrator", attrs...)
+		}
+		writeJSON(w, http.StatusOK, st)
 	}))))
 	mux.Handle("DELETE /admin/pins/{destination}", d.requireToken(localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		found, err := d.pins.remove(r.PathValue("destination"))

@@ -48,18 +48,19 @@ func checkStatePath(path string) error {
 	case errors.Is(err, syscall.EISDIR):
 		return fmt.Errorf("%s is a directory (name a file in it, e.g. %s)", path, filepath.Join(path, "state.db"))
 	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
-		return fmt.Errorf("%s cannot be opened for reading and writing by %s: %v (the user the service runs as needs read and write access to it)",
-			path, currentUser(), pathCause(err))
+		return fmt.Errorf("%s cannot be opened for reading and writing by %s: %v (give that user read and write access to it, or %s)",
+			path, currentUser(), pathCause(err), setStatePath)
 	}
 	// The file is missing: walk up to the nearest directory that exists,
 	// or to a file in the way.
 	stateDir := filepath.Dir(path)
-	fix := fmt.Sprintf("create %s owned by the user the service runs as, e.g. install -d -o tlspolicyd -m 750 %s", stateDir, stateDir)
+	fix := fmt.Sprintf("create %s owned by the user the service runs as, e.g. install -d -o tlspolicyd -m 750 %s; or %s",
+		stateDir, stateDir, setStatePath)
 	dir := stateDir
 	for {
 		fi, err := os.Stat(dir)
 		if err == nil && !fi.IsDir() {
-			return fmt.Errorf("%s cannot be created: %s is not a directory (set state.path to a file in a directory, e.g. /var/lib/tlspolicyd/state.db)", path, dir)
+			return fmt.Errorf("%s cannot be created: %s is not a directory (%s)", path, dir, setStatePath)
 		}
 		if err == nil {
 			break
@@ -78,6 +79,12 @@ func checkStatePath(path string) error {
 	os.Remove(probe.Name())
 	return nil
 }
+
+// setStatePath is the fix every state.path error offers besides its own:
+// a file the user can write, wherever that is.
+const setStatePath = "set state.path to a file the user running tlspolicyd can write " +
+	"(a relative path such as state.db is taken from $STATE_DIRECTORY when set, as systemd's StateDirectory= sets it, " +
+	"else from the configuration file's folder)"
 
 // pathCause is the reason of a file system error without the path, which
 // the messages above already name.

@@ -104,7 +104,8 @@ func TestCheckStatePath(t *testing.T) {
 		t.Errorf("%s holds %d entries after the checks, want only the existing file", dir, len(entries))
 	}
 	under := filepath.Join(existing, "sub", "state.db")
-	if err := checkStatePath(under); err == nil || !strings.Contains(err.Error(), existing+" is not a directory") {
+	if err := checkStatePath(under); err == nil || !strings.Contains(err.Error(), existing+" is not a directory") ||
+		!strings.Contains(err.Error(), "set state.path to a file the user running tlspolicyd can write") {
 		t.Errorf("checkStatePath(%s) = %v, want %s named as not a directory", under, err, existing)
 	}
 	if os.Geteuid() == 0 {

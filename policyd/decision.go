@@ -83,7 +83,7 @@ func (d Decision) Explain() string {
 	limit := d.Rule.Upgrade.Cap()
 	switch {
 	case d.Rule.Upgrade == rules.UpgradeNone:
-		s += "; upgrade none: probes do not change it"
+		s += "; upgrade none: probes and pins do not change it"
 	case d.Floor.AtLeast(limit):
 		s += fmt.Sprintf("; already at or above what evidence may give (upgrade %s)", d.Rule.Upgrade)
 	case d.Waited:
@@ -101,6 +101,9 @@ func (d Decision) Explain() string {
 		s += "; the probe failed, so the floor holds: " + d.Findings.Probe.Reason(minTLS)
 	case d.Probed:
 		s += "; probe evidence does not allow more: " + d.Findings.Probe.Reason(minTLS)
+	}
+	if c := d.PinCap(); c != nil {
+		s += "; " + c.Note
 	}
 	if d.Pin != nil && !d.Pin.LastDowngrade.IsZero() {
 		s += fmt.Sprintf("; POSSIBLE DOWNGRADE ATTACK: a probe at %s saw less than the pinned %s (%s)",

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -321,6 +323,27 @@ func Target(destination string) (tlsprobe.Target, error) {
 		return tlsprobe.Target{}, fmt.Errorf("%s names no single destination (a .parent key names many)", destination)
 	}
 	return t, nil
+}
+
+// Bracketed is the next hop that probes the IP address a destination
+// names without brackets, for a hint: Postfix, and so the daemon, looks
+// up MX records for a host written without brackets (127.0.0.1:2526 is
+// the domain "127.0.0.1", port 2526), and an IP address has none. ok is
+// false for any other destination.
+func Bracketed(t tlsprobe.Target) (nexthop string, ok bool) {
+	addr, err := netip.ParseAddr(t.Name)
+	if t.Direct || err != nil {
+		return "", false
+	}
+	host := addr.String()
+	if addr.Is6() {
+		host = "ipv6:" + host // as Postfix writes an IPv6 next hop
+	}
+	nexthop = "[" + host + "]"
+	if t.Port != 0 {
+		nexthop += ":" + strconv.Itoa(t.Port)
+	}
+	return nexthop, true
 }
 
 // targetOf is what to probe for a key: a domain's MX hosts, or the

@@ -311,7 +311,7 @@ func TestPinWriteRetried(t *testing.T) {
 	defer bs.Close()
 	store := &failingStore{Bolt: bs, fails: 1}
 	b, _, _ := newTestPinBook(t, store)
-	if _, err := b.add("partner.test", "verify"); err == nil || !strings.Contains(err.Error(), "in force") {
+	if _, _, err := b.add("partner.test", "verify", false); err == nil || !strings.Contains(err.Error(), "in force") {
 		t.Errorf("add with the store failing: %v, want an error saying the pin is in force", err)
 	}
 	if _, ok := b.get("partner.test"); !ok {

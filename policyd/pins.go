@@ -187,6 +187,13 @@ func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
 	}
 }
 
+// ProbeBelowPin reports whether probe result r shows less than pin p
+// while p is in force at now: a possible downgrade attack (or a partner
+// that really dropped TLS). A failed probe shows nothing.
+func ProbeBelowPin(p state.Pin, r tlsprobe.Report, now time.Time) bool {
+	return p.Valid(now) && !r.Failed() && !capabilityLevel(r.Capability).AtLeast(pinLevel(&p))
+}
+
 // PinKey is the key under which a destination's pin is kept: the probe
 // target of the destination as Postfix names it.
 func PinKey(destination string) (string, error) {
@@ -204,31 +211,42 @@ func AdminPin(destination, level string, ttl time.Duration, now time.Time) (stat
 		return state.Pin{}, err
 	}
 	l, err := rules.ParseLevel(level)
-	if err != nil {
-		return state.Pin{}, err
-	}
-	if l != rules.LevelEncrypt && l != rules.LevelVerify {
-		return state.Pin{}, fmt.Errorf("a pin is encrypt or verify, not %s (for more, write a destination rule)", l)
+	switch {
+	case err != nil:
+		return state.Pin{}, fmt.Errorf("%q is not a level a pin can have: %w", level, ErrPinLevel)
+	case l != rules.LevelEncrypt && l != rules.LevelVerify:
+		return state.Pin{}, fmt.Errorf("%w, not %s (for %s, write a destination rule for %s with level: %s)", ErrPinLevel, l, l, key, l)
 	}
 	return state.Pin{Key: key, Level: l.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(ttl), Source: "admin"}, nil
 }
 
-// add pins a destination by hand (pre-seeding a known partner). It
-// returns once the pin is written; if the write fails, the pin is in force
-// anyway and written later, and the error says so.
-func (b *pinBook) add(destination, level string) (state.Pin, error) {
-	p, err := AdminPin(destination, level, b.ttl, b.now())
+// add pins a destination by hand (pre-seeding a known partner). A pin
+// below the one in force is refused (a *PinLowerError) unless forced;
+// lowered is the pin a forced one replaced (nil when none was lowered).
+// It returns once the pin is written; if the write fails, the pin is in
+// force anyway and written later, and the error says so.
+func (b *pinBook) add(destination, level string, force bool) (p state.Pin, lowered *state.Pin, err error) {
+	p, err = AdminPin(destination, level, b.ttl, b.now())
 	if err != nil {
-		return state.Pin{}, err
+		return state.Pin{}, nil, err
 	}
 	b.mu.Lock()
+	if current, ok := b.get(p.Key); ok {
+		if err := LowersPin(current, p, b.now()); err != nil {
+			if !force {
+				b.mu.Unlock()
+				return state.Pin{}, nil, err
+			}
+			lowered = current
+		}
+	}
 	b.put(&p)
 	b.markDirty(p.Key)
 	b.mu.Unlock()
 	if err := b.flush(nil); err != nil {
-		return p, fmt.Errorf("the pin is in force, but writing it to the state store failed (it will be tried again): %w", err)
+		return p, lowered, fmt.Errorf("the pin is in force, but writing it to the state store failed (it will be tried again): %w", err)
 	}
-	return p, nil
+	return p, lowered, nil
 }
 
 // remove drops a pin: the way out when a partner truly drops TLS. Like

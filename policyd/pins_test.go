@@ -113,10 +113,10 @@ func TestPinsPersist(t *testing.T) {
 	}
 	b, _, _ := newTestPinBook(t, store)
 	b.learn("example.org", result(tlsprobe.CapVerify, tlsprobe.CauseNone), 0x0303)
-	if _, err := b.add("partner.test", "encrypt"); err != nil {
+	if _, _, err := b.add("partner.test", "encrypt", false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.add("partner.test", "secure"); err == nil {
+	if _, _, err := b.add("partner.test", "secure", false); err == nil {
 		t.Error("a secure pin was accepted; pins are encrypt or verify")
 	}
 	if found, err := b.remove("EXAMPLE.org."); !found || err != nil {
@@ -161,7 +161,7 @@ func TestEngineAnswersFromPins(t *testing.T) {
 	b, clock, _ := newTestPinBook(t, nil)
 	e.pins = b
 	for _, key := range []string{"pinned.test", "capped.test", "optout.test", "expired.test", "waiting.test"} {
-		if _, err := b.add(key, "verify"); err != nil {
+		if _, _, err := b.add(key, "verify", false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -198,7 +198,7 @@ func TestPinnedLookupPrefetches(t *testing.T) {
 	e := NewEngine(mustLoad(t, pinRules+"mtasts: {enabled: false}\n"), ev)
 	b, _, _ := newTestPinBook(t, nil)
 	e.pins = b
-	if _, err := b.add("pinned.test", "verify"); err != nil {
+	if _, _, err := b.add("pinned.test", "verify", false); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.LookupTable(context.Background(), rules.MapTLSPolicy, []byte("pinned.test")); got.Text != "verify protocols=>=TLSv1.2" {
@@ -262,7 +262,7 @@ func TestKnownDestinationsNeverWait(t *testing.T) {
 	e := NewEngine(mustLoad(t, "probe: {wait: 20ms}\ndefaults: {level: may, upgrade: verify}\ndestinations:\n  - {match: named.test, level: may}\n"), ev)
 	b, _, _ := newTestPinBook(t, nil)
 	e.pins = b
-	if _, err := b.add("pinned.test", "verify"); err != nil {
+	if _, _, err := b.add("pinned.test", "verify", false); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()

@@ -57,6 +57,9 @@ type PinView struct {
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
 	Expires   time.Time `json:"expires"`
+	// Capped says how the rule's upgrade holds the answer below the pin
+	// (null when it does not).
+	Capped *PinCap `json:"capped"`
 }
 
 // MTASTSView is the MTA-STS policy in force for a destination.
@@ -123,6 +126,9 @@ func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 	if err == nil {
 		if pin, ok := e.pinFor(t); ok {
 			v.Pin = pinView(pin)
+			if d.Found() {
+				v.Pin.Capped = pinCap(d.rules, d.Rule, d.Key.String(), pinLevel(pin), d.Level)
+			}
 			if !pin.LastDowngrade.IsZero() && pin.LastDowngrade.After(e.clock().Add(-30*24*time.Hour)) {
 				v.Downgrades30d = 1 // until the history, which counts them all, says more
 			}

@@ -321,13 +321,14 @@ func (c *compiler) upgrade(s string, path ...any) Upgrade {
 
 func (c *compiler) defaults(p *Rules, cfg Config) {
 	p.Defaults = &Rule{
-		Index:   -1,
-		File:    c.file,
-		Line:    lineOf(c.root, "defaults"),
-		Level:   c.level(cfg.Defaults.Level, "defaults", "level"),
-		Upgrade: c.upgrade(cfg.Defaults.Upgrade, "defaults", "upgrade"),
-		MTASTS:  true,
-		DANE:    true,
+		Index:       -1,
+		File:        c.file,
+		Line:        lineOf(c.root, "defaults"),
+		Level:       c.level(cfg.Defaults.Level, "defaults", "level"),
+		Upgrade:     c.upgrade(cfg.Defaults.Upgrade, "defaults", "upgrade"),
+		UpgradeLine: writtenLine(c.root, "defaults", "upgrade"),
+		MTASTS:      true,
+		DANE:        true,
 	}
 }
 
@@ -336,21 +337,23 @@ func (c *compiler) destinations(p *Rules, cfg Config) {
 		path := []any{"destinations", i}
 		at := func(key string) []any { return append(path[:2:2], key) }
 		r := &Rule{
-			Index:     i,
-			MatchFile: d.MatchFile,
-			File:      c.file,
-			Line:      lineOf(c.root, path...),
-			Level:     p.Defaults.Level,
-			Upgrade:   p.Defaults.Upgrade,
-			Fallback:  d.Fallback,
-			MTASTS:    d.MTASTS == nil || *d.MTASTS,
-			DANE:      d.DANE == nil || *d.DANE,
+			Index:       i,
+			MatchFile:   d.MatchFile,
+			File:        c.file,
+			Line:        lineOf(c.root, path...),
+			Level:       p.Defaults.Level,
+			Upgrade:     p.Defaults.Upgrade,
+			UpgradeLine: p.Defaults.UpgradeLine,
+			Fallback:    d.Fallback,
+			MTASTS:      d.MTASTS == nil || *d.MTASTS,
+			DANE:        d.DANE == nil || *d.DANE,
 		}
 		if d.Level != "" {
 			r.Level = c.level(d.Level, at("level")...)
 		}
 		if d.Upgrade != "" {
 			r.Upgrade = c.upgrade(d.Upgrade, at("upgrade")...)
+			r.UpgradeLine = writtenLine(c.root, at("upgrade")...)
 		}
 		if d.OnFail != "" {
 			r.OnFail = c.onFail(d.OnFail, at("on_fail")...)

@@ -220,8 +220,15 @@ func (es ConfigErrors) Error() string {
 const maxConfigSize = 64 << 20
 
 // LoadFile reads, validates and compiles a configuration file. The error,
-// if any, is a ConfigErrors naming the file as given.
+// if any, is a ConfigErrors naming the file as given. A relative
+// state.path is resolved here, once, for everything that uses the rules:
+// see ResolveStatePath ($STATE_DIRECTORY is read from the environment).
 func LoadFile(path string) (*Rules, error) {
+	return loadFile(path, os.Getenv(StateDirectoryEnv))
+}
+
+// loadFile is LoadFile with the value of $STATE_DIRECTORY given.
+func loadFile(path, stateDirectory string) (*Rules, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, ConfigErrors{{File: path, Msg: readErrorMsg(err)}}
@@ -234,7 +241,12 @@ func LoadFile(path string) (*Rules, error) {
 	if len(data) > maxConfigSize {
 		return nil, ConfigErrors{{File: path, Msg: fmt.Sprintf("file is larger than %d bytes", maxConfigSize)}}
 	}
-	return Load(path, data)
+	rs, err := Load(path, data)
+	if err != nil {
+		return nil, err
+	}
+	rs.resolveStatePath(path, stateDirectory)
+	return rs, nil
 }
 
 // readErrorMsg says why the configuration file could not be read and what
@@ -369,6 +381,37 @@ func (e ConfigError) sortKey() [2]int {
 		return [2]int{e.at, e.Line}
 	}
 	return [2]int{e.Line, 0}
+}
+
+// writtenLine is the line of the value at path if the file writes it
+// there, else 0: unlike lineOf, it never points at a parent instead.
+func writtenLine(root *yaml.Node, path ...any) int {
+	if root == nil {
+		return 0
+	}
+	n := root
+	for _, p := range path {
+		var next *yaml.Node
+		switch p := p.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == p {
+						next = n.Content[i+1]
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && p < len(n.Content) {
+				next = n.Content[p]
+			}
+		}
+		if next == nil {
+			return 0
+		}
+		n = next
+	}
+	return n.Line
 }
 
 // lineOf finds the line of the value at path (mapping keys as strings,

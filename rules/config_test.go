@@ -28,6 +28,11 @@ func TestShippedRulesLoad(t *testing.T) {
 	if s.ProbeWait != 5*time.Second || s.ProbeTTL != 6*time.Hour || s.PinTTL != 720*time.Hour {
 		t.Errorf("probe settings = %+v", s)
 	}
+	// Anyone who can write beside the file can run it (systemd puts the
+	// state in $STATE_DIRECTORY instead).
+	if want, _ := filepath.Abs("../state.db"); os.Getenv(StateDirectoryEnv) == "" && s.StatePath != want {
+		t.Errorf("state.path = %q, want %q, beside the configuration", s.StatePath, want)
+	}
 }
 
 // TestShippedExamplesLoad uncomments every example in rules.yaml, so the

@@ -100,14 +100,19 @@ type Rule struct {
 	// decided": the configuration and the line its entry starts on; for
 	// an entry of a list, the pattern's line; for an entry of a match
 	// file, that file (its path from the working directory) and line.
-	File     string
-	Line     int
-	Level    Level
-	Upgrade  Upgrade
-	OnFail   OnFail
-	Fallback string // "transport:nexthop", or empty
-	MTASTS   bool   // published MTA-STS policies apply
-	DANE     bool   // published TLSA records apply
+	File    string
+	Line    int
+	Level   Level
+	Upgrade Upgrade
+	// UpgradeLine is the line of the upgrade setting in force for the
+	// rule: its own, else the defaults' (which a rule without one
+	// inherits); 0 when neither is written and the built-in default
+	// holds. It says where to change what caps probes and pins.
+	UpgradeLine int
+	OnFail      OnFail
+	Fallback    string // "transport:nexthop", or empty
+	MTASTS      bool   // published MTA-STS policies apply
+	DANE        bool   // published TLSA records apply
 
 	rule     *Rule   // for an entry of a list or match file: its rule
 	patterns []*Rule // the entries lookups can return for this rule
@@ -123,7 +128,7 @@ type Rule struct {
 func (r *Rule) entry(pattern, file string, line int) *Rule {
 	return &Rule{
 		Index: r.Index, Match: pattern, MatchFile: r.MatchFile, File: file, Line: line,
-		Level: r.Level, Upgrade: r.Upgrade, OnFail: r.OnFail, Fallback: r.Fallback, MTASTS: r.MTASTS, DANE: r.DANE,
+		Level: r.Level, Upgrade: r.Upgrade, UpgradeLine: r.UpgradeLine, OnFail: r.OnFail, Fallback: r.Fallback, MTASTS: r.MTASTS, DANE: r.DANE,
 		rule: r,
 	}
 }

@@ -13,6 +13,9 @@ type serveFacts struct {
 	empty         bool // no YAML node at all: the file is empty or only comments
 	listenLine    int  // where to point when no listener is set
 	statePathLine int  // where to point when the state file cannot be written
+	// statePathFrom says where a relative state.path was taken from
+	// ("" for an absolute one), since the path in errors is the resolved one.
+	statePathFrom string
 }
 
 // ServeErrors reports what keeps the daemon from starting with these rules
@@ -35,7 +38,11 @@ func (rs *Rules) ServeErrors(writable func(path string) error) ConfigErrors {
 	}
 	if writable != nil {
 		if err := writable(rs.Settings.StatePath); err != nil {
-			errs = append(errs, ConfigError{File: rs.File, Line: rs.serve.statePathLine, Msg: fmt.Sprintf("state.path: %v", err)})
+			msg := fmt.Sprintf("state.path: %v", err)
+			if rs.serve.statePathFrom != "" {
+				msg = fmt.Sprintf("state.path %s: %v", rs.serve.statePathFrom, err)
+			}
+			errs = append(errs, ConfigError{File: rs.File, Line: rs.serve.statePathLine, Msg: msg})
 		}
 	}
 	sortErrors(errs)

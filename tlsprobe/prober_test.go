@@ -543,7 +543,7 @@ func TestProbePrivateAddressRefused(t *testing.T) {
 	}
 	for _, h := range r.Hosts {
 		checkHost(t, h, hostWant{host: "mx.example.test", capability: CapUnknown, cause: CausePrivateAddress})
-		if want := h.Addr.Addr().String() + " is not a public address: refused (probe.allow_private: false)"; h.Detail != want {
+		if want := h.Addr.Addr().String() + " is not a public address: refused (set probe.allow_private: true to probe such addresses)"; h.Detail != want {
 			t.Errorf("host %s: detail %q, want %q (the address, and the setting that allows it)", h.Addr, h.Detail, want)
 		}
 	}

@@ -33,7 +33,7 @@ const (
 // sees the refusal (probe command, status page, log) knows it was a choice
 // and where it is made: an MX at a private address is usually a test
 // set-up or a DNS record pointing somewhere it should not (SSRF).
-const privateRefusedDetail = " is not a public address: refused (probe.allow_private: false)"
+const privateRefusedDetail = " is not a public address: refused (set probe.allow_private: true to probe such addresses)"
 
 // probeError carries a Cause with the error behind it.
 type probeError struct {

@@ -34,13 +34,14 @@ func runCLI(t *testing.T, dir string, args ...string) (int, string) {
 }
 
 // writeStatic writes a configuration template with fixed addresses (the
-// commands that only read the file bind nothing) into dir.
+// commands that only read the file bind nothing) into dir. Its listen.http
+// is noDaemon: the commands that ask a running daemon first find none.
 func writeStatic(t *testing.T, dir, text string) string {
 	t.Helper()
 	text = strings.NewReplacer(
 		phSocketmap, "127.0.0.1:10028",
 		phTCPTable, "127.0.0.1:10029",
-		phHTTP, "127.0.0.1:10032",
+		phHTTP, noDaemon,
 		phDNS, "127.0.0.1:1",
 		phDir, dir,
 	).Replace(text)
@@ -198,7 +199,8 @@ func TestCheckRefusesWhatServeRefuses(t *testing.T) {
 		}
 		path := writeStatic(t, dir, strings.Replace(valid, "path: @DIR@/state.db", "path: @DIR@/regular/state.db", 1))
 		_, out := runCLI(t, dir, "check", "-config", path)
-		want := fmt.Sprintf("%s:%d: state.path: %s/state.db cannot be created: %s is not a directory (set state.path to a file in a directory, e.g. /var/lib/tlspolicyd/state.db)\n",
+		want := fmt.Sprintf("%s:%d: state.path: %s/state.db cannot be created: %s is not a directory (set state.path to a file the user running tlspolicyd can write "+
+			"(a relative path such as state.db is taken from $STATE_DIRECTORY when set, as systemd's StateDirectory= sets it, else from the configuration file's folder))\n",
 			path, lineOf(t, valid, "path: @DIR@"), regular, regular)
 		if out != want {
 			t.Errorf("check output:\n%s\nwant\n%s", out, want)

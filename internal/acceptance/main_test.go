@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,11 @@ var (
 	daemonEnv   []string // the environment of every tlspolicyd process
 	postmapBin  string   // Postfix's postmap
 	postfixConf string   // a directory holding the main.cf postmap needs
+	// noDaemon is a loopback address where connections are accepted and
+	// closed at once, for the listen.http of configurations no daemon
+	// serves: the commands ask a daemon there first, and none may answer
+	// (not even another test's daemon, which can never bind it).
+	noDaemon string
 )
 
 // mainCF is the smallest main.cf with which postmap -q works on a machine
@@ -57,6 +63,21 @@ func setUp(tmp string) error {
 		return err
 	}
 	postmapBin = p
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	noDaemon = l.Addr().String()
+	go func() { // until the process ends
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 
 	postfixConf = filepath.Join(tmp, "postfix")
 	for _, d := range []string{postfixConf, filepath.Join(tmp, "queue"), filepath.Join(tmp, "data")} {

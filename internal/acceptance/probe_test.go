@@ -214,4 +214,37 @@ func TestProbing(t *testing.T) {
 			t.Errorf("tlspolicyd query good.test: exit %d, output without %q", code, verify)
 		}
 	})
+
+	// The probe command's hints: a probe below the pin is a
+	// possible downgrade; an IP address without brackets is no domain.
+	t.Run("probe command hints", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		path := writeStatic(t, dir, config)
+		if code, out := runCLI(t, dir, "pins", "-config", path, "add", "selfsigned.test", "verify"); code != 0 {
+			t.Fatalf("pins add selfsigned.test verify: exit %d\n%s", code, out)
+		}
+		code, out := runCLI(t, dir, "probe", "-config", path, "selfsigned.test")
+		t.Logf("tlspolicyd probe selfsigned.test:\n%s", out)
+		for _, want := range []string{"possible downgrade attack: selfsigned.test is pinned at verify", "but this probe saw encrypt",
+			"tlspolicyd pins remove selfsigned.test"} {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("tlspolicyd probe selfsigned.test under a verify pin: exit %d, want 0 and %q", code, want)
+			}
+		}
+		// With -json the warning goes to stderr, and stdout stays JSON.
+		code, stdout, stderr := runTool(t, "probe", "-config", path, "-json", "selfsigned.test")
+		if code != 0 || !json.Valid([]byte(stdout)) || !strings.Contains(stderr, "possible downgrade attack") {
+			t.Errorf("tlspolicyd probe -json selfsigned.test: exit %d, stdout JSON %v, stderr %q; want 0, JSON, the warning on stderr",
+				code, json.Valid([]byte(stdout)), stderr)
+		}
+		if code, out := runCLI(t, dir, "probe", "-config", path, "good.test"); code != 0 || strings.Contains(out, "downgrade") {
+			t.Errorf("tlspolicyd probe good.test (no pin): exit %d, want 0 and no downgrade warning:\n%s", code, out)
+		}
+
+		code, out = runCLI(t, dir, "probe", "-config", path, "127.0.0.1:2526")
+		if code != 2 || !strings.Contains(out, "write [127.0.0.1]:2526") {
+			t.Errorf("tlspolicyd probe 127.0.0.1:2526: exit %d, want 2 and the hint to write [127.0.0.1]:2526:\n%s", code, out)
+		}
+	})
 }

@@ -65,7 +65,7 @@ func TestProbeRefusesPrivateAddresses(t *testing.T) {
 			if code != 1 {
 				t.Errorf("tlspolicyd probe %s: exit %d, want 1 (no evidence)", tc.domain, code)
 			}
-			for _, want := range []string{tc.addr + " is not a public address", "private_address", "probe.allow_private"} {
+			for _, want := range []string{tc.addr + " is not a public address", "private_address", "set probe.allow_private: true"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("tlspolicyd probe %s: the output lacks %q", tc.domain, want)
 				}
