@@ -121,8 +121,8 @@ func (l *linter) policyList(tables []*Table, where string, class *rules.Class) {
 				where, t.Spec, name, class.Name, class.Level, spec)
 		default:
 			l.add("unknown map "+where+t.Spec, line, where,
-				"%s lists %s, but the daemon has no map %q: it answers PERM and Postfix defers the mail (4.7.5); write %s",
-				where, t.Spec, name, spec)
+				"%s lists %s, but the daemon has no map %q (no sender class of that name in the rules): it answers PERM and Postfix defers the mail (4.7.5); write %s, or add a class named %q to the rules",
+				where, t.Spec, name, spec, name)
 		}
 	}
 	if first < 0 {
