@@ -18,7 +18,7 @@ type Finding struct {
 	// and the line of the rule or setting (0: the file as a whole).
 	File string
 	Line int
-	// Postfix is the Postfix side: a setting ("/etc/postfix/main.cf:
+	// Postfix is the Postfix side: a setting ("/etc/postfix/main.cf
 	// relayhost"), a master.cf service or a table's line
 	// ("/etc/postfix/transport:3"). Msg names it too.
 	Postfix string
