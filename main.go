@@ -6,7 +6,7 @@
 // Usage (docs/interface.md has the details):
 //
 //	tlspolicyd [serve] [-config FILE]
-//	tlspolicyd check   [-config FILE]
+//	tlspolicyd check   [-config FILE] [-postfix DIR]
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
 //	tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tlspolicyd/tlspolicyd/policyd"
+	"github.com/tlspolicyd/tlspolicyd/postfixlint"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/wire"
 )
@@ -87,7 +88,10 @@ func isHelp(arg string) bool {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   tlspolicyd [serve] [-config FILE]         run the daemon (default FILE: ./rules.yaml)
-  tlspolicyd check   [-config FILE]         validate; exit 0 if valid, 1 and "FILE:LINE: message" lines if not
+  tlspolicyd check   [-config FILE] [-postfix DIR]
+                                            validate; exit 0 if valid, 1 and "FILE:LINE: message" lines if not;
+                                            with -postfix also lint the Postfix configuration in DIR (as
+                                            postconf -c DIR sees it) against the rules: "warning:" lines, exit 0
   tlspolicyd query   [-config FILE] [-sender ADDR] [-json] DESTINATION
                                             decide once, as the daemon would, probing live if needed;
                                             print the answer and why (rule, probe evidence, pin ...)
@@ -152,11 +156,16 @@ func loadServeConfig(config string, stderr io.Writer) (*rules.Rules, bool) {
 	return p, true
 }
 
-// check exits 1 exactly when serve would refuse the configuration.
+// check exits 1 exactly when serve would refuse the configuration. With
+// -postfix it also lints the Postfix configuration against the rules;
+// its findings are warnings and leave the exit status 0.
 func check(args []string, stdout, stderr io.Writer) int {
-	config, rest, ok := flags("check", args, stderr, nil)
+	var postfixDir string
+	config, rest, ok := flags("check", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&postfixDir, "postfix", "", "also check the Postfix configuration in `dir` (as postconf -c DIR sees it) against the rules")
+	})
 	if !ok || len(rest) > 0 {
-		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE]")
+		fmt.Fprintln(stderr, "usage: tlspolicyd check [-config FILE] [-postfix DIR]")
 		return 2
 	}
 	p, ok := loadServeConfig(config, stderr)
@@ -167,6 +176,36 @@ func check(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s (warning)\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: valid (%d destination rules, %d sender classes)\n", config, len(p.Rules), len(p.Classes))
+	if postfixDir == "" {
+		return 0
+	}
+	return checkPostfix(p, postfixDir, stdout, stderr)
+}
+
+// postfixCheckTimeout bounds `check -postfix`: postconf and postmap read
+// local files, each run bounded on its own as well.
+const postfixCheckTimeout = 2 * time.Minute
+
+// checkPostfix lints the Postfix configuration in dir against the rules
+// and prints one "warning:" line per finding. Only a configuration that
+// cannot be read fails the command.
+func checkPostfix(p *rules.Rules, dir string, stdout, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), postfixCheckTimeout)
+	defer cancel()
+	pf, err := postfixlint.Read(ctx, dir, postfixlint.Tools{})
+	if err != nil {
+		fmt.Fprintf(stderr, "tlspolicyd: cannot read the Postfix configuration in %s: %v (name the directory that holds main.cf and master.cf, e.g. -postfix /etc/postfix)\n", dir, err)
+		return 1
+	}
+	findings := postfixlint.Lint(ctx, p, pf)
+	for _, f := range findings {
+		fmt.Fprintln(stdout, f)
+	}
+	noun := "warnings"
+	if len(findings) == 1 {
+		noun = "warning"
+	}
+	fmt.Fprintf(stdout, "%s: Postfix %s checked against %s: %d %s\n", dir, pf.MailVersion, p.File, len(findings), noun)
 	return 0
 }
 
