@@ -299,19 +299,28 @@ func serve(args []string, stderr io.Writer) int {
 	build := buildinfo.Read()
 	log.Info("tlspolicyd started", "version", build.Version, "revision", build.Revision, "config", config,
 		"rules", len(p.Rules), "classes", len(p.Classes))
+	// Start has bound every listener: connections are accepted (queued by
+	// the kernel until a server takes them) from here on.
+	notify := sdNotifier{log: log}
+	notify.ready(fmt.Sprintf("serving %d rules from %s", len(p.Rules), config))
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
+			notify.reloading()
 			if err := d.Reload(); err != nil {
 				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err,
 					"fix", "correct the file (tlspolicyd check -config "+config+" lists every problem), then reload again")
+				notify.ready(fmt.Sprintf("serving %d rules; the last reload of %s was refused (see the log)",
+					len(d.Engine.Rules().Rules), config))
 			} else {
 				level.Set(d.Engine.Rules().Settings.LogLevel)
 				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Rules().Rules))
+				notify.ready(fmt.Sprintf("serving %d rules from %s", len(d.Engine.Rules().Rules), config))
 			}
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String())
+		notify.stopping()
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		err := d.Shutdown(ctx)
 		cancel()
