@@ -10,6 +10,7 @@
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
 //	tlspolicyd pins    [-config FILE] list [-json] | add DOMAIN LEVEL | remove DOMAIN
+//	tlspolicyd import-postfix FILE
 //	tlspolicyd version
 package main
 
@@ -66,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return history(args, stdout, stderr)
 	case "report":
 		return reportCmd(args, stdout, stderr)
+	case "import-postfix":
+		return importPostfix(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, buildinfo.Read())
 		return 0
@@ -100,6 +103,9 @@ func usage(w io.Writer) {
                                             time, map, answer, previous answer, rule, evidence
   tlspolicyd report  [-config FILE] [-format csv|json|html] [-o FILE]
                                             the TLS posture of every destination the daemon knows
+  tlspolicyd import-postfix FILE            print the destination rules (YAML) that do what a Postfix TLS
+                                            policy table (the source of smtp_tls_policy_maps) did; say on
+                                            stderr what they cannot carry over (exit 1 then)
   tlspolicyd version                        "tlspolicyd VERSION (REVISION, GOVERSION)"
   tlspolicyd help | -h | --help             this usage
 
