@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -214,7 +215,9 @@ func startNotified(t *testing.T, dir, config string, notify *notifySocket) (*exe
 	}
 	defer logf.Close()
 	cmd := exec.Command(daemonBin, "serve", "-config", config)
-	cmd.Env = append(daemonEnv, notify.env())
+	// A copy: daemonEnv is shared by every test, and appending to it in
+	// place would hand one test's socket to another's daemon.
+	cmd.Env = append(slices.Clip(daemonEnv), notify.env())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
