@@ -167,11 +167,21 @@ func splitPolicy(s string) ([]string, error) {
 	return tokens, nil
 }
 
+// Destination is what an imported rule sets of a rules.yaml destination
+// entry. It is its own type, not the configuration's, so that the import
+// writes the plain form every version of the schema reads (one match, one
+// level) whatever that type grows.
+type Destination struct {
+	Match   string // the table's key as written
+	Level   string
+	Upgrade string // "none", or "" for the defaults' upgrade
+}
+
 // Rule is one imported destination rule with where it came from and what
 // of its line it could not keep.
 type Rule struct {
-	Entry Entry
-	Rule  rules.DestinationRule
+	Entry       Entry
+	Destination Destination
 	// Lost says what the daemon will do differently from the table's
 	// line (an attribute it cannot send, a level it does not have).
 	Lost []string
@@ -264,7 +274,7 @@ func convertEntry(e Entry) (Rule, error) {
 	if err != nil {
 		return Rule{}, err
 	}
-	r := Rule{Entry: e, Rule: rules.DestinationRule{Match: e.Key}}
+	r := Rule{Entry: e, Destination: Destination{Match: e.Key}}
 	var level rules.Level
 	if strings.EqualFold(word, "fingerprint") {
 		level = rules.LevelEncrypt
@@ -273,11 +283,11 @@ func convertEntry(e Entry) (Rule, error) {
 	} else if level, err = rules.ParseLevel(word); err != nil {
 		return Rule{}, fmt.Errorf("unknown security level %q (Postfix knows none, may, encrypt, dane, dane-only, fingerprint, verify and secure); smtp(8) defers mail on such a policy", word)
 	}
-	r.Rule.Level = level.String()
+	r.Destination.Level = level.String()
 	if level == rules.LevelNone {
 		// The table turned TLS off here, most likely because this
 		// destination's TLS fails: probes must not turn it back on.
-		r.Rule.Upgrade = "none"
+		r.Destination.Upgrade = "none"
 	}
 	for _, a := range attrs {
 		if lost, note := attrFate(a, level); lost != "" {

@@ -118,7 +118,7 @@ func TestConvert(t *testing.T) {
 	res := Convert(entries, problems)
 	var got []string
 	for _, r := range res.Rules {
-		got = append(got, r.Rule.Match+" "+r.Rule.Level+" "+r.Rule.Upgrade)
+		got = append(got, r.Destination.Match+" "+r.Destination.Level+" "+r.Destination.Upgrade)
 	}
 	want := []string{
 		"bank.example secure ",
@@ -134,7 +134,7 @@ func TestConvert(t *testing.T) {
 	}
 	lost := map[string][]string{}
 	for _, r := range res.Rules {
-		lost[r.Rule.Match] = r.Lost
+		lost[r.Destination.Match] = r.Lost
 	}
 	if len(lost["bank.example"]) != 1 || !strings.HasPrefix(lost["bank.example"][0], "match=nexthop:dot-nexthop: ") {
 		t.Errorf("bank.example lost %q, want its match=", lost["bank.example"])

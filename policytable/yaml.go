@@ -40,9 +40,9 @@ func WriteYAML(w io.Writer, source string, res Result) error {
 			}
 			item.Content = append(item.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: key}, v)
 		}
-		add("match", r.Rule.Match)
-		add("level", r.Rule.Level)
-		add("upgrade", r.Rule.Upgrade)
+		add("match", r.Destination.Match)
+		add("level", r.Destination.Level)
+		add("upgrade", r.Destination.Upgrade)
 		comment := []string{oneLine(fmt.Sprintf("%s:%d: %s %s", source, r.Entry.Line, r.Entry.Key, r.Entry.Value))}
 		for _, l := range r.Lost {
 			comment = append(comment, oneLine("NOT CARRIED OVER: "+l))
