@@ -10,6 +10,7 @@
 //	tlspolicyd query   [-config FILE] [-sender ADDR] DESTINATION
 //	tlspolicyd probe   [-config FILE] [-json] DOMAIN
 //	tlspolicyd pins    [-config FILE] list [-json] | add [-force] DOMAIN LEVEL | remove DOMAIN
+//	tlspolicyd import-postfix FILE
 //	tlspolicyd version
 package main
 
@@ -67,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return history(args, stdout, stderr)
 	case "report":
 		return reportCmd(args, stdout, stderr)
+	case "import-postfix":
+		return importPostfix(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, buildinfo.Read())
 		return 0
@@ -104,6 +107,9 @@ func usage(w io.Writer) {
                                             time, map, answer, previous answer, rule, evidence
   tlspolicyd report  [-config FILE] [-format csv|json|html] [-o FILE]
                                             the TLS posture of every destination the daemon knows
+  tlspolicyd import-postfix FILE            print the destination rules (YAML) that do what a Postfix TLS
+                                            policy table (the source of smtp_tls_policy_maps) did; say on
+                                            stderr what they cannot carry over (exit 1 then)
   tlspolicyd version                        "tlspolicyd VERSION (REVISION, GOVERSION)"
   tlspolicyd help | -h | --help             this usage
 
@@ -333,19 +339,28 @@ func serve(args []string, stderr io.Writer) int {
 	build := buildinfo.Read()
 	log.Info("tlspolicyd started", "version", build.Version, "revision", build.Revision, "config", config,
 		"rules", len(p.Rules), "classes", len(p.Classes))
+	// Start has bound every listener: connections are accepted (queued by
+	// the kernel until a server takes them) from here on.
+	notify := sdNotifier{log: log}
+	notify.ready(fmt.Sprintf("serving %d rules from %s", len(p.Rules), config))
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
+			notify.reloading()
 			if err := d.Reload(); err != nil {
 				log.Error("configuration reload refused; the running rules stay in force", "config", config, "err", err,
 					"fix", "correct the file (tlspolicyd check -config "+config+" lists every problem), then reload again")
+				notify.ready(fmt.Sprintf("serving %d rules; the last reload of %s was refused (see the log)",
+					len(d.Engine.Rules().Rules), config))
 			} else {
 				level.Set(d.Engine.Rules().Settings.LogLevel)
 				log.Info("configuration reloaded", "config", config, "rules", len(d.Engine.Rules().Rules))
+				notify.ready(fmt.Sprintf("serving %d rules from %s", len(d.Engine.Rules().Rules), config))
 			}
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String())
+		notify.stopping()
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		err := d.Shutdown(ctx)
 		cancel()

@@ -50,9 +50,9 @@ classes:
 }
 
 // TestFallbackRoute drives the daemon's transport and sender.transport
-// maps through the shipped Postfix wiring (contrib/postfix/main.cf:
+// maps through the shipped Postfix wiring (contrib/postfix/main-classes.cf:
 // transport_maps = socketmap:...:transport, sender_dependent_default_
-// transport_maps = socketmap:...:sender.transport with
+// transport_maps = socketmap:...:sender.transport, with Postfix's default
 // empty_address_default_transport_maps_lookup_key = <>), with mail
 // injected by sendmail, so that no RCPT-time check runs.
 func TestFallbackRoute(t *testing.T) {

@@ -989,7 +989,7 @@ func TestHelpAndVersion(t *testing.T) {
 		if code != 0 || errOut != "" {
 			t.Errorf("tlspolicyd %s: exit %d, stderr %q; want 0 and nothing on stderr", arg, code, errOut)
 		}
-		for _, cmd := range []string{"[serve]", "check", "query", "probe", "pins", "history", "report", "version", "help"} {
+		for _, cmd := range []string{"[serve]", "check", "query", "probe", "pins", "history", "report", "import-postfix", "version", "help"} {
 			if !regexp.MustCompile(`(?m)^\s*tlspolicyd\s+` + regexp.QuoteMeta(cmd) + `\s`).MatchString(out) {
 				t.Errorf("tlspolicyd %s: the usage has no line for `tlspolicyd %s`:\n%s", arg, cmd, out)
 			}

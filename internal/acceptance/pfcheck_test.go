@@ -23,10 +23,11 @@ type pfConf struct {
 	policy    string // its policy delegation address
 }
 
-// newPFConf writes contrib/postfix/main.cf and the stock master.cf with
-// contrib/postfix/master.cf's class transports (unless classTransports is
-// false) into a new directory, with the daemon's addresses replaced by
-// socketmap and policy.
+// newPFConf writes contrib/postfix's main.cf and main-classes.cf (with the
+// recipient check a site adds to its own list) and the stock master.cf with
+// contrib/postfix/master-classes.cf's class transports (unless
+// classTransports is false) into a new directory, with the daemon's
+// addresses replaced by socketmap and policy.
 func newPFConf(t *testing.T, socketmap, policy string, classTransports bool) *pfConf {
 	t.Helper()
 	p := &pfConf{dir: filepath.Join(t.TempDir(), "postfix"), socketmap: socketmap, policy: policy}
@@ -34,14 +35,15 @@ func newPFConf(t *testing.T, socketmap, policy string, classTransports bool) *pf
 		t.Fatal(err)
 	}
 	adapt := strings.NewReplacer("127.0.0.1:10028", socketmap, "127.0.0.1:10030", policy)
-	mainCF := readRepoFile(t, "contrib/postfix/main.cf")
+	mainCF := readRepoFile(t, "contrib/postfix/main.cf") + "\n" + readRepoFile(t, "contrib/postfix/main-classes.cf") +
+		"\n" + contribRecipientCheck + "\n"
 	stock, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
 		t.Fatalf("the stock master.cf: %v", err)
 	}
 	masterCF := string(stock)
 	if classTransports {
-		masterCF += "\n" + readRepoFile(t, "contrib/postfix/master.cf")
+		masterCF += "\n" + readRepoFile(t, "contrib/postfix/master-classes.cf")
 	}
 	p.write(t, "main.cf", adapt.Replace(mainCF))
 	p.write(t, "master.cf", adapt.Replace(masterCF))

@@ -82,7 +82,7 @@ type postfixOptions struct {
 	// parameter.
 	MainCF string
 	// MasterCF is appended to master.cf, such as the class transports of
-	// contrib/postfix/master.cf. Chroot is turned off for it too.
+	// contrib/postfix/master-classes.cf. Chroot is turned off for it too.
 	MasterCF string
 }
 

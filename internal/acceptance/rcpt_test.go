@@ -17,8 +17,8 @@ import (
 )
 
 // The RCPT-time and per-class enforcement tests drive the daemon through
-// the shipped Postfix wiring (contrib/postfix/main.cf and master.cf, with
-// the daemon's ports put in): check_policy_service at RCPT time, answered
+// the shipped Postfix wiring (contrib/postfix/main.cf, main-classes.cf and
+// master-classes.cf, with the daemon's ports put in): check_policy_service at RCPT time, answered
 // for swaks by a real smtpd, and sender_dependent_default_transport_maps
 // with the smtp-CLASS transports at delivery, carried out by the real
 // Postfix smtp client against fake MX hosts.
@@ -33,7 +33,7 @@ const (
 )
 
 // phiLogTag is how the smtp-phi transport's lines start in the maillog:
-// contrib/postfix/master.cf sets its syslog_name to postfix/$service_name,
+// contrib/postfix/master-classes.cf sets its syslog_name to postfix/$service_name,
 // and Postfix 3.7 adds the program name.
 const phiLogTag = "postfix/smtp-phi/smtp["
 
@@ -201,7 +201,7 @@ func TestRCPTEnforcement(t *testing.T) {
 		t.Run("gateway mail to a domain without STARTTLS goes to the fallback through its class transport", func(t *testing.T) {
 			t.Parallel()
 			// The fallback names the class transport, as
-			// contrib/postfix/main.cf advises: the fallback hop then gets
+			// contrib/postfix/main-classes.cf advises: the fallback hop then gets
 			// the class level (verify) from the class map.
 			const rcpt = "gateway@notls.test"
 			r := pf.rcptSettled(t, gatewaySender, rcpt, "gateway-fallback")
@@ -360,33 +360,37 @@ func (w *world) verifiedTLSIP(t *testing.T, ip string, names ...string) *tls.Con
 	return &tls.Config{Certificates: []tls.Certificate{cert}}
 }
 
-// The shipped Postfix configuration, relative to this package.
+// The shipped Postfix configuration, relative to this package: the policy
+// map alone (main.cf), and the classes and fallback wiring added to it.
 const (
-	contribMainCF   = "../../contrib/postfix/main.cf"
-	contribMasterCF = "../../contrib/postfix/master.cf"
+	contribMainCF        = "../../contrib/postfix/main.cf"
+	contribClassesMainCF = "../../contrib/postfix/main-classes.cf"
+	contribMasterCF      = "../../contrib/postfix/master-classes.cf"
 	// The addresses the contrib files use for the daemon's listeners.
 	contribSocketmap = "127.0.0.1:10028"
 	contribPolicy    = "127.0.0.1:10030"
 )
 
-// contribPostfix returns contrib/postfix/main.cf and master.cf with the
-// daemon's socketmap address and policyAddr put in. The CA file setting is
-// left out (the instance trusts the world's CA). master.cf gets a
-// transport for every class of the tests: smtp-phi as shipped, and one for
-// each of classes made from it the way its comment says.
+// contribRecipientCheck is what main-classes.cf asks a site to add to its
+// smtpd_recipient_restrictions: the harness's instance has none of its
+// own, so the merged list is the check alone.
+const contribRecipientCheck = "smtpd_recipient_restrictions = $tlspolicyd_recipient_check"
+
+// contribPostfix returns contrib/postfix/main.cf with main-classes.cf, and
+// master-classes.cf, with the daemon's socketmap address and policyAddr
+// put in and the recipient check merged into the instance's (empty)
+// smtpd_recipient_restrictions as main-classes.cf says. The CA file
+// setting is left out (the instance trusts the world's CA). master.cf gets
+// a transport for every class of the tests: smtp-phi as shipped, and one
+// for each of classes made from it the way its comment says.
 func contribPostfix(t *testing.T, socketmapAddr, policyAddr string, classes ...string) (mainCF, masterCF string) {
 	t.Helper()
-	read := func(path string) string {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("the shipped Postfix configuration: %v", err)
-		}
-		return string(b)
-	}
-	main, master := read(contribMainCF), read(contribMasterCF)
+	main, classesMain, master := readContrib(t, contribMainCF), readContrib(t, contribClassesMainCF), readContrib(t, contribMasterCF)
 	for _, want := range []struct{ file, text, has string }{
 		{contribMainCF, main, contribSocketmap},
-		{contribMainCF, main, contribPolicy},
+		{contribClassesMainCF, classesMain, contribSocketmap},
+		{contribClassesMainCF, classesMain, contribPolicy},
+		{contribClassesMainCF, classesMain, "tlspolicyd_recipient_check ="},
 		{contribMasterCF, master, contribSocketmap + ":phi"},
 	} {
 		if !strings.Contains(want.text, want.has) {
@@ -395,7 +399,7 @@ func contribPostfix(t *testing.T, socketmapAddr, policyAddr string, classes ...s
 	}
 	ports := strings.NewReplacer(contribSocketmap, socketmapAddr, contribPolicy, policyAddr)
 	var settings []string
-	for _, s := range mainCFSettings(main) {
+	for _, s := range mainCFSettings(main + "\n" + classesMain + "\n" + contribRecipientCheck) {
 		if !strings.HasPrefix(s, "smtp_tls_CAfile ") && !strings.HasPrefix(s, "smtp_tls_CAfile=") {
 			settings = append(settings, ports.Replace(s))
 		}
@@ -410,6 +414,16 @@ func contribPostfix(t *testing.T, socketmapAddr, policyAddr string, classes ...s
 		master += "\n" + strings.NewReplacer("smtp-phi", "smtp-"+c, ":phi", ":"+c).Replace(entry)
 	}
 	return strings.Join(settings, "\n") + "\n", master
+}
+
+// readContrib returns a shipped contrib file.
+func readContrib(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("the shipped Postfix configuration: %v", err)
+	}
+	return string(b)
 }
 
 // startContribPostfix starts a Postfix instance with an smtpd listener and
