@@ -18,7 +18,8 @@ import (
 // the acceptance tests, they fail without Postfix (.ci/install-deps).
 
 // baseMain is the main.cf every case starts from: the daemon wired as
-// contrib/postfix/main.cf wires it, without sender classes.
+// contrib/postfix's main.cf and main-classes.cf wire it, without sender
+// classes.
 var baseMain = map[string]string{
 	"compatibility_level":                     "3.6",
 	"smtp_tls_security_level":                 "may",
@@ -35,7 +36,7 @@ local     unix  -       n       n       -       -       local
 lmtp      unix  -       -       n       -       -       lmtp
 `
 
-// phiTransport is contrib/postfix/master.cf's class transport.
+// phiTransport is contrib/postfix/master-classes.cf's class transport.
 const phiTransport = `smtp-phi  unix  -       -       n       -       -       smtp
   -o syslog_name=postfix/$service_name
   -o smtp_tls_security_level=encrypt
@@ -348,15 +349,19 @@ func TestLint(t *testing.T) {
 func TestLintContrib(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	mainCF, err := os.ReadFile(filepath.Join("..", "contrib", "postfix", "main.cf"))
-	if err != nil {
-		t.Fatal(err)
+	contrib := func(name string) string {
+		data, err := os.ReadFile(filepath.Join("..", "contrib", "postfix", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
 	}
-	masterCF, err := os.ReadFile(filepath.Join("..", "contrib", "postfix", "master.cf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "main.cf"), string(mainCF))
+	// Both sets, as a site with classes merges them: main-classes.cf asks
+	// the site to add its recipient check to smtpd_recipient_restrictions.
+	mainCF := contrib("main.cf") + "\n" + contrib("main-classes.cf") +
+		"\nsmtpd_recipient_restrictions = $tlspolicyd_recipient_check\n"
+	masterCF := contrib("master-classes.cf")
+	writeFile(t, filepath.Join(dir, "main.cf"), mainCF)
 	writeFile(t, filepath.Join(dir, "master.cf"), baseMaster+string(masterCF))
 	rulesFile := filepath.Join(dir, "rules.yaml")
 	writeFile(t, rulesFile, strings.ReplaceAll(baseRules, "@VERSION@", installedVersion(t))+phiClass+
