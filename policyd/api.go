@@ -1,6 +1,7 @@
 package policyd
 
 import (
+	"context"
 	"crypto/subtle"
 	"net/http"
 	"slices"
@@ -21,43 +22,65 @@ import (
 // The history command asks for all of them.
 const historyShown = 200
 
+// knownWait is how long a request for the list of known destinations
+// waits, after a start, for the destinations with decision history to be
+// read (a million take well under a second from a warm disk). After it,
+// the status page shows the destinations known so far and says that more
+// are being read; the API answers 503 with Retry-After, since a script
+// would take a partial list for the whole.
+const knownWait = 3 * time.Second
+
 // knownDestinations are the destinations the daemon has answered for or
 // probed within state.history, sorted: those with findings in the cache,
-// with a pin, or with decision history.
-func (d *Daemon) knownDestinations() []string {
+// with a pin, or with decision history. complete is false while the
+// destinations with history are being read at start: the list then lacks
+// those known only from the history.
+func (d *Daemon) knownDestinations() (names *knownList, complete bool) {
 	d.sums.mu.Lock()
 	defer d.sums.mu.Unlock()
 	return d.knownLocked()
 }
 
+// waitKnown is knownDestinations after waiting (knownWait at most, or
+// until ctx ends) for the destinations with history to be read.
+func (d *Daemon) waitKnown(ctx context.Context) (names *knownList, complete bool) {
+	if d.history != nil {
+		d.history.waitList(ctx, knownWait)
+	}
+	return d.knownDestinations()
+}
+
+// historyListed reports whether the destinations with history are all in
+// memory.
+func (d *Daemon) historyListed() bool { return d.history == nil || d.history.listComplete() }
+
 // knownLocked is knownDestinations with d.sums.mu held. Building the list
 // reads every cache entry, pin and history destination, so it is reused
-// for a while (see reuseFor).
-func (d *Daemon) knownLocked() []string {
+// for a while (see reuseFor), unless it was built while the destinations
+// with history were being read and they now are.
+func (d *Daemon) knownLocked() (*knownList, bool) {
 	now := d.now()
-	if d.sums.names != nil && now.Before(d.sums.namesUntil) {
-		return d.sums.names
+	complete := d.historyListed()
+	if d.sums.names != nil && now.Before(d.sums.namesUntil) && d.sums.namesComplete == complete {
+		return d.sums.names, complete
 	}
 	defer func() { d.sums.namesUntil = now.Add(reuseFor(d.now().Sub(now))) }()
-	set := make(map[string]struct{})
-	for _, k := range d.cache.Keys() {
-		set[k] = struct{}{}
-	}
-	for _, p := range d.pins.list() {
-		set[p.Key] = struct{}{}
-	}
+	// The history's destinations are most of a large list, and come
+	// sorted and compact: the few others are sorted and merged in.
+	others := d.cache.Keys()
+	// Only the keys: pinBook.list copies every pin.
+	d.pins.pins.Range(func(k, _ any) bool {
+		others = append(others, k.(string))
+		return true
+	})
+	slices.Sort(others)
+	others = slices.Compact(others)
+	list := &knownList{rest: others}
 	if d.history != nil {
-		for _, k := range d.history.destinations() {
-			set[k] = struct{}{}
-		}
+		list = d.history.destinations(others)
 	}
-	out := make([]string, 0, len(set))
-	for k := range set {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	d.sums.names = out
-	return out
+	d.sums.names, d.sums.namesComplete = list, complete
+	return list, complete
 }
 
 // view is a destination's view with its downgrades of the last 30 days
@@ -89,38 +112,22 @@ func downgradesSince(hist []state.Decision, t time.Time) int {
 	return n
 }
 
-// filterDestinations keeps the names containing q (case-insensitive).
-func filterDestinations(names []string, q string) []string {
-	q = strings.ToLower(strings.TrimSpace(q))
-	if q == "" {
-		return names
-	}
-	out := names[:0:0]
-	for _, n := range names {
-		if strings.Contains(n, q) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// page returns names[offset:offset+limit], clamped; limit <= 0 means all.
-func page(names []string, offset, limit int) []string {
-	offset = min(max(offset, 0), len(names))
-	end := len(names)
-	if limit > 0 {
-		end = min(offset+limit, end)
-	}
-	return names[offset:end]
-}
-
 // apiDestinations answers GET /api/v1/destinations: every known
 // destination, or with q, offset and limit a filtered page of them.
+// While the destinations with history are still being read after a start
+// (see knownWait), it answers 503 with Retry-After.
 func (d *Daemon) apiDestinations(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	offset, _ := strconv.Atoi(q.Get("offset"))
 	limit, _ := strconv.Atoi(q.Get("limit"))
-	names := page(filterDestinations(d.knownDestinations(), q.Get("q")), offset, limit)
+	known, complete := d.waitKnown(r.Context())
+	if !complete {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "the daemon has just started and is still reading the destinations of its decision history; try again shortly",
+			http.StatusServiceUnavailable)
+		return
+	}
+	names, _ := known.page(q.Get("q"), offset, limit)
 	out := struct {
 		Destinations []DestinationView `json:"destinations"`
 	}{make([]DestinationView, 0, len(names))}

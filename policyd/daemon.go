@@ -321,26 +321,45 @@ func (d *Daemon) registerSummaryMetrics(reg prometheus.Registerer) {
 }
 
 // openStore opens the state file, moving findings stored by earlier
-// releases to the current format first (once; it may take a while on a
-// large file, and it is logged). A migration that fails part-way leaves
-// the findings it did not move for the next start: they are a cache, and
-// the daemon starts without them.
+// releases to the current format first, and indexing the decision history
+// of a file written before the index (each once; either may take a while
+// on a large file, and it is logged). A findings migration that fails
+// part-way leaves the findings it did not move for the next start: they
+// are a cache, and the daemon starts without them. An index that cannot
+// be built (a damaged history) leaves the daemon without the destinations
+// known only from the history in its list; it logs why.
 func openStore(s rules.Settings, now func() time.Time, log *slog.Logger) (*state.Bolt, error) {
 	store, err := state.OpenBolt(s.StatePath, time.Second)
-	if err != nil || !store.HasLegacyProbes() {
-		return store, err
-	}
-	log.Info("moving the findings stored by an earlier release to the current format; this happens once", "path", s.StatePath)
-	start := time.Now()
-	kept, dropped, err := store.MigrateProbes(legacyFindings(s.ProbeTTL, now()))
-	switch {
-	case errors.Is(err, state.ErrCorrupt):
-		store.Close()
+	if err != nil {
 		return nil, err
-	case err != nil:
-		log.Error("moving the stored findings failed; the daemon starts without those not moved", "path", s.StatePath, "err", err)
 	}
-	log.Info("stored findings moved", "path", s.StatePath, "kept", kept, "dropped", dropped,
-		"took", time.Since(start).Round(time.Millisecond).String(), "size_bytes", store.Size())
+	if store.HasLegacyProbes() {
+		log.Info("moving the findings stored by an earlier release to the current format; this happens once", "path", s.StatePath)
+		start := time.Now()
+		kept, dropped, err := store.MigrateProbes(legacyFindings(s.ProbeTTL, now()))
+		switch {
+		case errors.Is(err, state.ErrCorrupt):
+			store.Close()
+			return nil, err
+		case err != nil:
+			log.Error("moving the stored findings failed; the daemon starts without those not moved", "path", s.StatePath, "err", err)
+		}
+		log.Info("stored findings moved", "path", s.StatePath, "kept", kept, "dropped", dropped,
+			"took", time.Since(start).Round(time.Millisecond).String(), "size_bytes", store.Size())
+	}
+	if !store.HistoryIndexed() {
+		log.Info("indexing the decision history by destination, for a quick start; this happens once", "path", s.StatePath)
+		start := time.Now()
+		// Lookups do not need the history: a damaged one is logged, as
+		// reading it for the list of known destinations would be, and
+		// does not stop the daemon.
+		if n, err := store.IndexHistory(); err != nil {
+			log.Error("indexing the decision history failed; the list of known destinations lacks those known only from it",
+				"path", s.StatePath, "err", err)
+		} else {
+			log.Info("decision history indexed", "path", s.StatePath, "destinations", n,
+				"took", time.Since(start).Round(time.Millisecond).String(), "size_bytes", store.Size())
+		}
+	}
 	return store, nil
 }

@@ -32,6 +32,13 @@ import (
 // goroutine, drops what is not a change (it remembers recent answers and
 // asks the store for older ones), logs the changes, and writes them in
 // batches, so that no lookup waits for a disk sync.
+//
+// The recorder also keeps the destinations with history, for the list of
+// known destinations that the status page and the API show. Lookups never
+// need it, so the daemon does not wait for it at start: the recorder reads
+// it from the store's history index in the background (a million
+// destinations take a fraction of a second and about 30 MB), and until
+// it has, the list holds only what is in memory (see knownWait).
 
 // History sizes.
 const (
@@ -50,7 +57,8 @@ type HistoryStore interface {
 	Decisions(destination string, limit int) ([]state.Decision, error)
 	LatestDecision(destination, mapName string) (state.Decision, bool, error)
 	PruneDecisions(olderThan time.Time, perDestination int) (int, error)
-	DecisionDestinations(since time.Time) ([]string, error)
+	WalkDecisionDestinations(since time.Time, fn func(destination []byte, newest time.Time) error) error
+	DecisionDestinationsSize() (destinations, nameBytes int)
 }
 
 // recorder keeps the decision history.
@@ -66,11 +74,16 @@ type recorder struct {
 
 	mu    sync.Mutex // guards last and known
 	last  *simplelru.LRU[string, string]
-	known map[string]time.Time // destination -> newest record, for the list of known destinations
+	known *knownSet // for the list of known destinations
+
+	// loading is set while the destinations with history are read at
+	// start; loaded is closed when that ends.
+	loading atomic.Bool
+	loaded  chan struct{}
 
 	recorded prometheus.Counter
 	stop     context.CancelFunc
-	done     chan struct{}
+	done     chan struct{} // closed when run and the load have ended
 }
 
 func newRecorder(store HistoryStore, ttl func() time.Duration, logs func() rules.DecisionLog, now func() time.Time,
@@ -84,7 +97,7 @@ func newRecorder(store HistoryStore, ttl func() time.Duration, logs func() rules
 		q: newQueue[state.Decision](historyQueueLen, dropped, log,
 			"decision history records are being lost: the recorder's queue is full (counted in tlspolicyd_history_dropped_total)"),
 		store: store, ttl: ttl, logs: logs, now: now, log: log,
-		last: last, known: make(map[string]time.Time),
+		last: last, known: &knownSet{}, loaded: make(chan struct{}),
 		recorded: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_history_records_total",
 			Help: "Decision history records written: first answers, changes and RCPT-time refusals."}),
 	}
@@ -107,26 +120,78 @@ func (h *recorder) changed(mapName string, name []byte, answer string) bool {
 // drops it and counts the loss.
 func (h *recorder) offer(d state.Decision) { h.q.offer(d) }
 
-// start runs the recorder until close: it loads the destinations the
-// store holds records of, prunes, and writes what lookups offer.
+// start runs the recorder until close: it prunes, writes what lookups
+// offer, and meanwhile, in a goroutine of its own so that no record waits
+// for it, reads the destinations the store holds records of.
 func (h *recorder) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.stop, h.done = cancel, make(chan struct{})
-	if dests, err := h.store.DecisionDestinations(h.now().Add(-h.ttl())); err == nil {
-		now := h.now()
-		h.mu.Lock()
-		for _, d := range dests {
-			h.known[d] = now
+	h.loading.Store(true)
+	var wg sync.WaitGroup
+	wg.Go(func() { h.load(ctx) })
+	wg.Go(func() { h.run(ctx) })
+	go func() {
+		wg.Wait()
+		close(h.done)
+	}()
+}
+
+// load reads the destinations with records within state.history from the
+// store's index and adds them to those recorded since the start.
+func (h *recorder) load(ctx context.Context) {
+	defer close(h.loaded)
+	defer h.loading.Store(false)
+	start := time.Now()
+	var b knownBuilder
+	// Sized at once, the arrays neither leave garbage behind as they
+	// grow nor hold room they do not need.
+	n, size := h.store.DecisionDestinationsSize()
+	b.names.Grow(size)
+	b.ends, b.newest = make([]uint32, 0, n), make([]int64, 0, n)
+	err := h.store.WalkDecisionDestinations(h.now().Add(-h.ttl()), func(d []byte, newest time.Time) error {
+		if err := b.add(d, newest.UnixNano()); err != nil {
+			return err
 		}
-		h.mu.Unlock()
-	} else {
-		h.log.Error("cannot read the decision history; it starts empty in memory", "err", err)
+		return ctx.Err()
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			h.log.Error("cannot read the destinations of the decision history; the list of known destinations lacks those known only from it", "err", err)
+		}
+		return
 	}
-	go h.run(ctx)
+	loaded := b.set()
+	n = loaded.count()
+	h.mu.Lock()
+	loaded.absorb(h.known)
+	h.known = loaded
+	h.mu.Unlock()
+	h.log.Info("destinations of the decision history read", "destinations", n,
+		"took", time.Since(start).Round(time.Millisecond).String())
+}
+
+// listComplete reports whether the destinations with history are all in
+// memory: false while they are being read at start.
+func (h *recorder) listComplete() bool { return !h.loading.Load() }
+
+// waitList waits at most max, or until ctx ends, for the destinations
+// with history to be read, and reports whether they are.
+func (h *recorder) waitList(ctx context.Context, max time.Duration) bool {
+	if h.listComplete() {
+		return true
+	}
+	t := time.NewTimer(max)
+	defer t.Stop()
+	select {
+	case <-h.loaded:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return h.listComplete()
 }
 
 func (h *recorder) run(ctx context.Context) {
-	defer close(h.done)
 	flush := time.NewTicker(historyFlush)
 	defer flush.Stop()
 	prune := time.NewTicker(historyPrune)
@@ -175,7 +240,7 @@ func (h *recorder) run(ctx context.Context) {
 func (h *recorder) isChange(d *state.Decision) bool {
 	if d.Map == MapDowngrade {
 		h.mu.Lock()
-		h.known[d.Destination] = d.Time
+		h.known.touch(d.Destination, d.Time.UnixNano())
 		h.mu.Unlock()
 		return true
 	}
@@ -190,7 +255,7 @@ func (h *recorder) isChange(d *state.Decision) bool {
 	}
 	h.mu.Lock()
 	h.last.Add(key, d.Answer)
-	h.known[d.Destination] = d.Time
+	h.known.touch(d.Destination, d.Time.UnixNano())
 	h.mu.Unlock()
 	if ok && prev == d.Answer {
 		return false
@@ -211,25 +276,19 @@ func (h *recorder) prune() {
 	if n > 0 {
 		h.log.Info("decision history pruned", "records", n, "older_than", h.ttl().String())
 	}
-	cutoff := h.now().Add(-h.ttl())
+	cutoff := h.now().Add(-h.ttl()).UnixNano()
 	h.mu.Lock()
-	for d, at := range h.known {
-		if at.Before(cutoff) {
-			delete(h.known, d)
-		}
-	}
+	h.known.compact(cutoff)
 	h.mu.Unlock()
 }
 
-// destinations are those with history within state.history.
-func (h *recorder) destinations() []string {
+// destinations lists those with history within state.history (or as
+// many of them as have been read, see listComplete) and others, which are
+// sorted and hold no duplicates.
+func (h *recorder) destinations(others []string) *knownList {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]string, 0, len(h.known))
-	for d := range h.known {
-		out = append(out, d)
-	}
-	return out
+	return h.known.list(others)
 }
 
 // close stops the recorder after writing what is queued.

@@ -39,6 +39,7 @@ func reuseFor(cost time.Duration) time.Duration { return min(20*cost, 15*time.Se
 // known destination at once.
 type summary struct {
 	at         time.Time
+	complete   bool // of every known destination (see knownDestinations)
 	Known      int
 	ByLevel    []levelCount
 	Expiring   []expiringCert // of destinations that must be encrypted, within 30 days, soonest first
@@ -68,24 +69,26 @@ type downgrade struct {
 // summaryCache keeps the summary and the list of known destinations for
 // reuseFor their cost.
 type summaryCache struct {
-	mu         sync.Mutex
-	sum        *summary
-	sumUntil   time.Time
-	names      []string // known destinations, sorted; shared read-only
-	namesUntil time.Time
+	mu            sync.Mutex
+	sum           *summary
+	sumUntil      time.Time
+	names         *knownList // known destinations; shared read-only
+	namesComplete bool
+	namesUntil    time.Time
 }
 
 func (d *Daemon) summary() *summary {
 	d.sums.mu.Lock()
 	defer d.sums.mu.Unlock()
 	now := d.now()
-	if s := d.sums.sum; s != nil && now.Before(d.sums.sumUntil) {
+	if s := d.sums.sum; s != nil && now.Before(d.sums.sumUntil) && s.complete == d.historyListed() {
 		return s
 	}
 	defer func() { d.sums.sumUntil = now.Add(reuseFor(d.now().Sub(now))) }()
-	s := &summary{at: now, MTASTS: map[string]int{}, DANE: map[string]int{}}
+	names, complete := d.knownLocked()
+	s := &summary{at: now, complete: complete, MTASTS: map[string]int{}, DANE: map[string]int{}}
 	levels := map[string]int{}
-	for _, name := range d.knownLocked() {
+	for name := range names.all() {
 		dec := d.Engine.Peek(name)
 		s.Known++
 		levels[dec.Level.String()]++
@@ -154,6 +157,7 @@ type statusPage struct {
 	Expiring             []expiringCert // the soonest of Sum.Expiring
 	ExpiringMore         int            // how many more there are
 	Unmatched            []*rules.Rule
+	Partial              bool // the destinations with decision history are still being read
 	List                 []DestinationView
 	Query                string
 	Page, Pages, Matches int
@@ -168,14 +172,20 @@ func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
 	rs := d.Engine.Rules()
 	q := r.URL.Query().Get("q")
 	pageNo, _ := strconv.Atoi(r.URL.Query().Get("page"))
-	names := filterDestinations(d.knownDestinations(), q)
-	pages := max(1, (len(names)+pageSize-1)/pageSize)
-	pageNo = min(max(pageNo, 1), pages)
+	known, complete := d.waitKnown(r.Context())
+	pageNo = max(pageNo, 1)
+	names, matches := known.page(q, (pageNo-1)*pageSize, pageSize)
+	pages := max(1, (matches+pageSize-1)/pageSize)
+	if pageNo > pages {
+		pageNo = pages
+		names, _ = known.page(q, (pageNo-1)*pageSize, pageSize)
+	}
 	p := statusPage{
 		Build: buildinfo.Read(), Started: d.started, Uptime: d.now().Sub(d.started).Round(time.Second).String(),
 		ConfigFile: rs.File, ConfigTime: d.loadedAt(), Sum: d.summary(),
-		Query: q, Page: pageNo, Pages: pages, Matches: len(names),
+		Query: q, Page: pageNo, Pages: pages, Matches: matches,
 	}
+	p.Partial = !complete || !p.Sum.complete
 	p.Expiring = p.Sum.Expiring[:min(len(p.Sum.Expiring), attentionRows)]
 	p.ExpiringMore = len(p.Sum.Expiring) - len(p.Expiring)
 	for _, rule := range rs.Rules {
@@ -183,7 +193,7 @@ func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
 			p.Unmatched = append(p.Unmatched, rule)
 		}
 	}
-	for _, n := range page(names, (pageNo-1)*pageSize, pageSize) {
+	for _, n := range names {
 		p.List = append(p.List, d.view(n, false))
 	}
 	link := func(n int) string {

@@ -98,7 +98,7 @@ func prepare(db *bolt.DB, path string) (err error) {
 				return err
 			}
 		}
-		return nil
+		return prepareIndex(tx)
 	})
 	if err != nil && !errors.Is(err, ErrCorrupt) {
 		return fmt.Errorf("state store %s: %w", path, err)

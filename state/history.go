@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -44,10 +43,11 @@ var ErrInvalidDecision = errors.New("decision cannot be recorded")
 //	destination | 0x00 | ^time (8 bytes) | ^sequence (8 bytes) | map
 //
 // so that a destination's records are one contiguous range, newest first:
-// reading a destination's history, its latest answer, or the newest time
-// of every destination is a seek and a forward walk, and the records that
-// pruning removes (the oldest) are the tail of each range. time is Unix
-// nanoseconds with the sign bit flipped, so that it sorts as unsigned,
+// reading a destination's history or its latest answer is a seek and a
+// forward walk, and the records that pruning removes (the oldest) are the
+// tail of each range. (Which destinations have records, and which have
+// some to prune, the history index says: see bucketHistoryIndex.) time is
+// Unix nanoseconds with the sign bit flipped, so that it sorts as unsigned,
 // then inverted; sequence is the bucket's counter, inverted likewise, so
 // that records of one destination in the same nanosecond keep their order
 // of appending and never overwrite one another. The map comes last and
@@ -70,10 +70,6 @@ const historyV2 = 2
 // that pruning a large history does not hold the write lock (and the old
 // pages) for one long transaction.
 const pruneBatch = 4096
-
-// seekAfter is how many further records of a destination
-// DecisionDestinations steps over before it seeks past the rest.
-const seekAfter = 8
 
 // timeBits encodes Unix nanoseconds for a history key (see historyFixed).
 func timeBits(nanos int64) uint64 { return ^(uint64(nanos) ^ 1<<63) }
@@ -123,21 +119,33 @@ func (s *Bolt) AppendDecisions(ds ...Decision) error {
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketHistory)
+		// An index that is not whole is left as it is, to be built
+		// again (IndexHistory); one that is stays whole.
+		idx := historyIndex(tx)
 		for _, d := range ds {
 			v := encodeDecision(d)
 			seq, err := b.NextSequence()
 			if err != nil {
 				return err
 			}
+			nanos := d.Time.UnixNano()
 			k := destPrefix(d.Destination)
-			k = binary.BigEndian.AppendUint64(k, timeBits(d.Time.UnixNano()))
+			k = binary.BigEndian.AppendUint64(k, timeBits(nanos))
 			k = binary.BigEndian.AppendUint64(k, ^seq)
 			k = append(k, d.Map...)
 			if err := b.Put(k, v); err != nil {
 				return err
 			}
+			if idx != nil {
+				if err := indexAppended(idx, d.Destination, nanos); err != nil {
+					return err
+				}
+			}
 		}
-		return nil
+		if idx == nil {
+			return nil
+		}
+		return markIndexed(tx)
 	})
 }
 
@@ -246,85 +254,13 @@ func (s *Bolt) LatestDecision(destination, mapName string) (d Decision, found bo
 	return d, found, err
 }
 
-// PruneDecisions implements Store. It works in transactions of at most
-// pruneBatch deletions; records appended meanwhile are pruned or not
-// depending on whether the walk has passed their destination.
+// PruneDecisions implements Store. It reads the index entry of every
+// destination and the records of those with some to remove only, and
+// works in transactions of at most pruneBatch deletions; records appended
+// meanwhile are pruned or not depending on whether the walk has passed
+// their destination.
 func (s *Bolt) PruneDecisions(olderThan time.Time, perDestination int) (removed int, err error) {
 	return s.pruneDecisions(clampNanos(olderThan), perDestination, pruneBatch)
-}
-
-// pruneDecisions is PruneDecisions with the cut-off in Unix nanoseconds
-// and the batch size as a parameter, so that tests can cross batches with
-// few records.
-func (s *Bolt) pruneDecisions(cut int64, keep, batch int) (removed int, err error) {
-	if cut == math.MinInt64 && keep <= 0 {
-		return 0, nil // no limits: nothing goes
-	}
-	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
-	var resume []byte // the destination prefix where the next transaction starts
-	for done := false; !done; {
-		var doomed [][]byte
-		err = s.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketHistory)
-			c := b.Cursor()
-			k, _ := c.First()
-			if resume != nil {
-				k, _ = c.Seek(resume)
-			}
-			for k != nil {
-				p, _, _, ok := splitKey(k)
-				if !ok {
-					return s.malformed(k)
-				}
-				p = bytes.Clone(p)
-				var err error
-				if k, err = s.pruneStart(c, p, cut, keep); err != nil {
-					return err
-				}
-				// What the limits remove is the rest of the range.
-				for ; k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-					if len(doomed) == batch {
-						// Resume at this destination: its kept records
-						// come first, so the next walk finds the same
-						// point to delete from.
-						resume = p
-						return deleteKeys(b, doomed)
-					}
-					doomed = append(doomed, bytes.Clone(k))
-				}
-			}
-			done = true
-			return deleteKeys(b, doomed)
-		})
-		if err != nil {
-			return removed, err
-		}
-		removed += len(doomed)
-	}
-	return removed, nil
-}
-
-// pruneStart returns the first key of the destination with prefix p that
-// is older than cut or beyond its newest keep records (keep <= 0: no
-// count limit), leaving c there; a key outside p or nil means none is.
-// Both limits remove a tail of the range, since it runs newest first.
-func (s *Bolt) pruneStart(c *bolt.Cursor, p []byte, cut int64, keep int) ([]byte, error) {
-	if keep <= 0 {
-		// Only the age limit: seek to the first record older than cut.
-		k, _ := c.Seek(binary.BigEndian.AppendUint64(bytes.Clone(p), timeBits(cut-1)))
-		return k, nil
-	}
-	k, _ := c.Seek(p)
-	for i := 0; k != nil && bytes.HasPrefix(k, p); i++ {
-		if len(k) < len(p)+8 {
-			return nil, s.malformed(k)
-		}
-		if i >= keep || keyNanos(k[len(p):]) < cut {
-			break
-		}
-		k, _ = c.Next()
-	}
-	return k, nil
 }
 
 func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
@@ -336,39 +272,11 @@ func deleteKeys(b *bolt.Bucket, keys [][]byte) error {
 	return nil
 }
 
-// DecisionDestinations implements Store. It reads the newest key of each
-// destination and seeks past the rest, so its cost grows with the number
-// of destinations, not of records.
+// DecisionDestinations implements Store. It reads the history index
+// only (WalkDecisionDestinations).
 func (s *Bolt) DecisionDestinations(since time.Time) (dests []string, err error) {
-	defer recoverCorrupt(s.path, &err, debug.SetPanicOnFault(true))
-	from := clampNanos(since)
-	err = s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketHistory).Cursor()
-		var next []byte
-		for k, _ := c.First(); k != nil; {
-			p, nanos, _, ok := splitKey(k)
-			if !ok {
-				return s.malformed(k)
-			}
-			dest := p[:len(p)-1]
-			if nanos >= from {
-				dests = append(dests, string(dest))
-			}
-			// Step over the destination's other records, and after a
-			// few seek past them instead: dest followed by 0x01 sorts
-			// after all its keys and before the next destination, since
-			// destinations hold no NUL. (Stepping is cheaper than a seek
-			// for the few records most destinations have.)
-			k, _ = c.Next()
-			for i := 0; k != nil && bytes.HasPrefix(k, p); i++ {
-				if i == seekAfter {
-					next = append(append(next[:0], dest...), 1)
-					k, _ = c.Seek(next)
-					break
-				}
-				k, _ = c.Next()
-			}
-		}
+	err = s.WalkDecisionDestinations(since, func(d []byte, _ time.Time) error {
+		dests = append(dests, string(d))
 		return nil
 	})
 	return dests, err

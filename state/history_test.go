@@ -259,6 +259,7 @@ func TestPruneDecisions(t *testing.T) {
 				if n := s.CountDecisions(); n != tc.wantCount {
 					t.Errorf("CountDecisions = %d, want %d", n, tc.wantCount)
 				}
+				checkIndex(t, s)
 				// A second pass finds nothing more.
 				if removed, err := s.pruneDecisions(tc.cut, tc.keep, batch); removed != 0 || err != nil {
 					t.Errorf("second prune: %d, %v", removed, err)
@@ -314,8 +315,8 @@ func TestDecisionDestinations(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
-	// More records than DecisionDestinations steps over before it seeks.
-	for m := range seekAfter + 3 {
+	// A destination of many records is listed once.
+	for m := range 11 {
 		if err := s.AppendDecisions(dec("busy.test", "tlspolicy", "", 12-m)); err != nil {
 			t.Fatal(err)
 		}
@@ -433,13 +434,31 @@ func TestDecisionsCorrupt(t *testing.T) {
 		t.Errorf("a sound destination next to corrupt ones: %q", got)
 	}
 
-	// A key that is no history key at all.
-	put([]byte("garbage"), good)
-	if _, err := s.DecisionDestinations(time.Time{}); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("DecisionDestinations = %v, want ErrCorrupt", err)
+	// Listing and pruning read the index, not every key: a key cut short
+	// in the range of a destination that has records to prune, or an
+	// index entry that does not decode, is corrupt.
+	put(append(destPrefix("ok.test"), 1, 2), good)
+	if err := s.AppendDecisions(dec("ok.test", "tlspolicy", "newer", 3)); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := s.PruneDecisions(time.Time{}, 1); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("PruneDecisions = %v, want ErrCorrupt", err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketHistoryIndex).Put([]byte("ok.test"), []byte{1}) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DecisionDestinations(time.Time{}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("DecisionDestinations = %v, want ErrCorrupt", err)
+	}
+
+	// A key that is no history key at all stops the building of the
+	// index, which reads every key.
+	put([]byte("garbage"), good)
+	if _, err := s.IndexHistory(); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("IndexHistory = %v, want ErrCorrupt", err)
+	}
+	if s.HistoryIndexed() {
+		t.Error("an index that could not be built is taken as whole")
 	}
 }
 

@@ -6,7 +6,9 @@
 // for a postmaster or an auditor to look up later).
 //
 // The daemon reads pins and the newest probe results once at start and
-// answers from memory; the history is read only when someone asks for it.
+// answers from memory; of the history it reads, in the background, one
+// index entry per destination (for the list of known destinations), and
+// the records only when someone asks for them.
 // Writes happen in the background, in batches, each batch one transaction.
 // What expires is pruned: pins at their expiry, probe results when they
 // are no longer fresh, history after state.history. Failed probes are
@@ -97,6 +99,17 @@ type Store interface {
 	// DecisionDestinations returns, sorted, the destinations with a record
 	// at or after since.
 	DecisionDestinations(since time.Time) ([]string, error)
+	// WalkDecisionDestinations calls fn, in order, with each destination
+	// that has a record at or after since and the time of its newest
+	// record, reading only one entry per destination; destination is
+	// valid only during the call. An error from fn ends the walk and is
+	// returned.
+	WalkDecisionDestinations(since time.Time, fn func(destination []byte, newest time.Time) error) error
+	// DecisionDestinationsSize says, for a caller that sizes its memory
+	// before WalkDecisionDestinations, how many destinations have records
+	// and how many bytes their names take, at most; 0, 0 if it cannot
+	// say cheaply.
+	DecisionDestinationsSize() (destinations, nameBytes int)
 	// CountDecisions is the number of records, for metrics.
 	CountDecisions() int
 	// Size is the store's size in bytes, for metrics.

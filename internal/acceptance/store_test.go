@@ -21,13 +21,16 @@ import (
 const (
 	nxDestinations = 20000
 	nxConns        = 8
-	nxStoreLimit   = 8 << 20
+	nxStoreLimit   = 10 << 20
 )
 
 // TestStoreFailedProbesInMemoryOnly: 20,000 destinations that do not
 // exist, each looked up once (each lookup waits for its probe, which finds
-// NXDOMAIN), leave a state file under 8 MiB: failed probes are kept in
-// memory only. Every lookup answers the floor.
+// NXDOMAIN), leave a state file under 10 MiB: failed probes are kept in
+// memory only. What the file holds is each destination's first answer in
+// the decision history and its entry in the history's index: 7.3-8.5 MiB
+// with the race detector, depending on how busy the machine is (slower
+// writes make smaller batches). Every lookup answers the floor.
 func TestStoreFailedProbesInMemoryOnly(t *testing.T) {
 	t.Parallel()
 	dns := fakedns.MustStart(t) // every name it does not hold is NXDOMAIN

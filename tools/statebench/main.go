@@ -8,10 +8,17 @@
 // it -runs times and reports, for each start, the time from exec to
 // /healthz 200, the CPU time it used until then, the process's peak
 // resident memory (VmHWM) at that moment and what of it is heap or pages
-// of the state file, and the file's size. A file already in -dir is reused.
+// of the state file, and the file's size. Then it waits -settle (what the
+// daemon does in the background after a start: it reads the destinations
+// of the decision history and prunes) and reports the peak again; then it
+// asks for the list of known destinations (GET
+// /api/v1/destinations?limit=1, again while the daemon answers 503 because
+// it is still reading them), as the status page or a script would, and
+// reports when the list came and the peak after it. A file already in
+// -dir is reused.
 //
 //	go build -o /tmp/tlspolicyd . && go run ./tools/statebench -bin /tmp/tlspolicyd \
-//		[-dir DIR] [-findings 1000000] [-pins 100000] [-runs 5] [-history | -legacy]
+//		[-dir DIR] [-findings 1000000] [-pins 100000] [-runs 5] [-settle 3s] [-history | -legacy]
 //
 // -history also writes each destination's first answer to the decision
 // history, as a daemon that answered for them keeps it. -legacy writes the
@@ -33,6 +40,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -51,6 +59,7 @@ func main() {
 	flag.IntVar(&o.findings, "findings", 1000000, "destinations with findings in the state file")
 	flag.IntVar(&o.pins, "pins", 100000, "pins in the state file (of the first destinations)")
 	flag.IntVar(&o.runs, "runs", 5, "starts to measure")
+	flag.DurationVar(&o.settle, "settle", 5*time.Second, "how long after /healthz to read the peak RSS again, before asking for the list")
 	flag.BoolVar(&o.legacy, "legacy", false, "write findings in the JSON format of releases before the compact one")
 	flag.BoolVar(&o.history, "history", false, "also write each destination's first answer to the decision history (not with -legacy)")
 	flag.IntVar(&o.nxdomain, "nxdomain", 0, "measure this many misses of destinations that do not exist instead")
@@ -86,6 +95,7 @@ type options struct {
 	findings, pins, runs int
 	legacy, history      bool
 	nxdomain, conns      int
+	settle               time.Duration
 }
 
 func startups(o options) error {
@@ -119,12 +129,34 @@ func startups(o options) error {
 			d.cmd.Process.Kill()
 			return err
 		}
+		time.Sleep(o.settle)
+		settled, err := readMemory(d.cmd.Process.Pid)
+		if err != nil {
+			d.cmd.Process.Kill()
+			return err
+		}
+		listStart := time.Now()
+		listed, err := d.listed()
+		if err != nil {
+			d.cmd.Process.Kill()
+			return err
+		}
+		listTook := time.Since(listStart)
+		afterList, err := readMemory(d.cmd.Process.Pid)
+		if err != nil {
+			d.cmd.Process.Kill()
+			return err
+		}
 		if err := d.stop(); err != nil {
 			return err
 		}
-		fmt.Printf("run %d: file %.1f MiB, start-up %v (CPU %v), peak RSS %.0f MiB (now %.0f MiB heap and %.0f MiB of mapped files); %s\n",
-			i+1, float64(size)/(1<<20), d.took.Round(time.Millisecond), cpu, float64(mem.peak)/(1<<20), float64(mem.anon)/(1<<20),
-			float64(mem.file)/(1<<20), d.logLines("state loaded", "stored findings moved"))
+		fmt.Printf("run %d: file %.1f MiB, start-up %v (CPU %v), peak RSS %.0f MiB (now %.0f MiB heap and %.0f MiB of mapped files); "+
+			"%v later peak RSS %.0f MiB (now %.0f MiB heap, %.0f MiB files); list of known destinations at %v (asked for %v), "+
+			"then peak RSS %.0f MiB (now %.0f MiB heap, %.0f MiB files); %s\n",
+			i+1, float64(size)/(1<<20), d.took.Round(time.Millisecond), cpu, mib(mem.peak), mib(mem.anon), mib(mem.file),
+			o.settle, mib(settled.peak), mib(settled.anon), mib(settled.file), listed.Round(time.Millisecond), listTook.Round(time.Millisecond),
+			mib(afterList.peak), mib(afterList.anon), mib(afterList.file),
+			d.logLines("state loaded", "stored findings moved", "decision history indexed", "destinations of the decision history read"))
 	}
 	size, err := fileSize(path)
 	if err != nil {
@@ -133,6 +165,8 @@ func startups(o options) error {
 	fmt.Printf("file after the runs: %d bytes (%.1f MiB)\n", size, float64(size)/(1<<20))
 	return nil
 }
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
 func fileSize(path string) (int64, error) {
 	fi, err := os.Stat(path)
@@ -148,6 +182,8 @@ type daemon struct {
 	done      chan error
 	log       string
 	socketmap string
+	http      string
+	started   time.Time
 	took      time.Duration // exec to /healthz 200
 }
 
@@ -175,7 +211,7 @@ mtasts:
 	if err := os.WriteFile(config, []byte(text), 0o644); err != nil {
 		return nil, err
 	}
-	d := &daemon{log: filepath.Join(dir, "daemon.log"), socketmap: ports[0], done: make(chan error, 1)}
+	d := &daemon{log: filepath.Join(dir, "daemon.log"), socketmap: ports[0], http: ports[1], done: make(chan error, 1)}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		return nil, err
@@ -185,6 +221,7 @@ mtasts:
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	client := &http.Client{Timeout: time.Second}
 	t0 := time.Now()
+	d.started = t0
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -207,6 +244,31 @@ mtasts:
 		if time.Since(t0) > 5*time.Minute {
 			d.cmd.Process.Kill()
 			return nil, errors.New("the daemon did not answer /healthz within 5 minutes")
+		}
+	}
+}
+
+// listed asks for the list of known destinations until it comes, and
+// returns the time from exec until then.
+func (d *daemon) listed() (time.Duration, error) {
+	client := &http.Client{Timeout: time.Minute}
+	for {
+		resp, err := client.Get("http://" + d.http + "/api/v1/destinations?limit=1")
+		if err != nil {
+			return 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			return time.Since(d.started), nil
+		case http.StatusServiceUnavailable:
+			if time.Since(d.started) > 5*time.Minute {
+				return 0, errors.New("no list of known destinations within 5 minutes")
+			}
+			time.Sleep(10 * time.Millisecond)
+		default:
+			return 0, fmt.Errorf("GET /api/v1/destinations: %s", resp.Status)
 		}
 	}
 }
