@@ -335,6 +335,10 @@ func TestServerFullClosesIdleConnection(t *testing.T) {
 	})
 	first := dialWire(t, "tcp", ws.addr)
 	first.query("tlspolicy", "a.test") // the first connection is now tracked
+	// The reply reaches the client a moment before the server marks the
+	// connection idle again; a newcomer seeing it mid-request would count
+	// it busy until its deadline and be refused.
+	waitAllIdle(t, ws.Server)
 	if got := metricValue(t, m.Open); got != 1 {
 		t.Errorf("open connections = %v, want 1", got)
 	}
@@ -398,6 +402,7 @@ func TestServerFullClosesLongestIdle(t *testing.T) {
 		conn.query("tlspolicy", "x.test")
 		time.Sleep(2 * time.Millisecond) // distinct request times
 	}
+	waitAllIdle(t, ws.Server)
 	d := dialWire(t, "tcp", ws.addr)
 	b.expectClosed()
 	for name, conn := range map[string]*wireClient{"a": a, "c": c, "d": d} {
@@ -850,5 +855,24 @@ func TestServerUnixShareByUser(t *testing.T) {
 	}
 	if log, want := ws.log.String(), fmt.Sprintf("client=uid:%d ", nobody); !strings.Contains(log, want) {
 		t.Errorf("no eviction of a connection of uid %d (%q) logged:\n%s", nobody, want, log)
+	}
+}
+
+// waitAllIdle waits until every connection of s is between requests.
+func waitAllIdle(t *testing.T, s *Server) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		idle := true
+		s.mu.Lock()
+		s.conns.each(func(c *Conn) { idle = idle && wordState(c.state.Load()) == stateIdle })
+		s.mu.Unlock()
+		if idle {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a connection is still mid-request after 5 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
