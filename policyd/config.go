@@ -127,6 +127,7 @@ func restartOnly(start, now rules.Settings) []string {
 		{"listen.idle_timeout", func(s rules.Settings) any { return s.IdleTimeout }, ""},
 		{"state.path", func(s rules.Settings) any { return s.StatePath }, ""},
 		{"state.pin_ttl", func(s rules.Settings) any { return s.PinTTL }, ""},
+		{"state.redis", func(s rules.Settings) any { return s.Redis }, ""},
 		{"log.format", func(s rules.Settings) any { return s.LogFormat }, ""},
 		{"dns.servers", func(s rules.Settings) any { return s.DNSServers }, ""},
 		{"dns.timeout", func(s rules.Settings) any { return s.DNSTimeout }, ""},

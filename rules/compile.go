@@ -190,6 +190,7 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 	s.StatePath = cfg.State.Path
 	c.duration(&s.PinTTL, cfg.State.PinTTL, false, "state", "pin_ttl")
 	c.duration(&s.HistoryTTL, cfg.State.History, false, "state", "history")
+	c.redis(s, cfg.State.Redis)
 	c.logSettings(s, cfg.Log)
 	c.httpAuth(s, cfg)
 

@@ -93,9 +93,27 @@ type ProbeConfig struct {
 
 // StateConfig locates the persistent store of pins and probe results.
 type StateConfig struct {
-	Path    string `yaml:"path"`
-	PinTTL  string `yaml:"pin_ttl"`
-	History string `yaml:"history"`
+	Path    string      `yaml:"path"`
+	PinTTL  string      `yaml:"pin_ttl"`
+	History string      `yaml:"history"`
+	Redis   RedisConfig `yaml:"redis"`
+}
+
+// RedisConfig names the Redis (or Valkey) that a fleet of daemons shares
+// pins, findings and history through; no addrs: no fleet.
+type RedisConfig struct {
+	// Addrs are "host:port": one is a server, several a cluster, and with
+	// MasterName they are Sentinels.
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	Username   string   `yaml:"username"`
+	// PasswordFile holds the password (surrounding whitespace ignored),
+	// so that it stays out of the configuration file.
+	PasswordFile string `yaml:"password_file"`
+	TLS          bool   `yaml:"tls"`
+	// KeyPrefix starts every key and channel name, so that an ACL can
+	// confine the daemons to them.
+	KeyPrefix string `yaml:"key_prefix"`
 }
 
 // MTASTSConfig controls RFC 8461 policies as a source.
@@ -176,7 +194,8 @@ func DefaultConfig() Config {
 		Probe: ProbeConfig{
 			Port: 25, Timeout: "30s", TTL: "6h", NegativeTTL: "10m", Wait: "5s",
 		},
-		State:          StateConfig{Path: "/var/lib/tlspolicyd/state.db", PinTTL: "720h", History: "2160h"},
+		State: StateConfig{Path: "/var/lib/tlspolicyd/state.db", PinTTL: "720h", History: "2160h",
+			Redis: RedisConfig{KeyPrefix: "tlspolicyd:"}},
 		MTASTS:         MTASTSConfig{Enabled: true},
 		PostfixVersion: "3.7",
 		MinimumTLS:     "TLSv1.2",

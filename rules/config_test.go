@@ -227,3 +227,25 @@ func TestObservabilitySettings(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisSettings: state.redis as the daemon gets it, the password read
+// from its file without the surrounding whitespace; no addrs is no fleet.
+func TestRedisSettings(t *testing.T) {
+	t.Parallel()
+	pw := filepath.Join(t.TempDir(), "redis.pw")
+	if err := os.WriteFile(pw, []byte("  s3cret word\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load("fleet.yaml", []byte("state:\n  redis:\n    addrs: [\"127.0.0.1:6379\", \"[::1]:6380\"]\n    username: tlspolicyd\n    password_file: "+pw+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.Settings.Redis
+	if !r.Enabled() || len(r.Addrs) != 2 || r.Username != "tlspolicyd" || r.Password != "s3cret word" || r.KeyPrefix != "tlspolicyd:" {
+		t.Errorf("state.redis = %+v; want two addrs, user tlspolicyd, password \"s3cret word\", prefix tlspolicyd:", r)
+	}
+	p, err = Load("alone.yaml", []byte("defaults: {level: may}\n"))
+	if err != nil || p.Settings.Redis.Enabled() {
+		t.Errorf("no state.redis: enabled %v, err %v; want a daemon on its own", p.Settings.Redis.Enabled(), err)
+	}
+}

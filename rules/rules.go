@@ -224,6 +224,9 @@ type Settings struct {
 	StatePath    string
 	PinTTL       time.Duration
 	HistoryTTL   time.Duration // decision history is kept this long
+	// Redis is the Redis a fleet shares state through (state.redis);
+	// Enabled() is false for a daemon on its own.
+	Redis RedisSettings
 	// HTTPToken is the bearer token listen.http requires (from
 	// http.auth_file), or "" for none.
 	HTTPToken      string
@@ -240,6 +243,19 @@ type Settings struct {
 	MinimumTLS    string
 	MinTLSVersion uint16
 }
+
+// RedisSettings are state.redis, validated, with the password read.
+type RedisSettings struct {
+	Addrs      []string
+	MasterName string
+	Username   string
+	Password   string
+	TLS        bool
+	KeyPrefix  string
+}
+
+// Enabled reports whether the daemon is part of a fleet.
+func (r RedisSettings) Enabled() bool { return len(r.Addrs) > 0 }
 
 // DecisionLog says which answers the daemon logs as decision records.
 type DecisionLog uint8
