@@ -31,7 +31,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/tlspolicyd/tlspolicyd/fleet"
 	"github.com/tlspolicyd/tlspolicyd/policyd"
 	"github.com/tlspolicyd/tlspolicyd/postfixlint"
 	"github.com/tlspolicyd/tlspolicyd/rules"
@@ -315,6 +317,9 @@ func serve(args []string, stderr io.Writer) int {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
 	)
+	if p.Settings.Redis.Enabled() {
+		redis.SetLogger(fleet.LibraryLogger{Log: log})
+	}
 	d, err := policyd.NewDaemon(p, policyd.Options{Registerer: reg, Gatherer: reg, Logger: log})
 	if err != nil {
 		log.Error("cannot start", "err", err)

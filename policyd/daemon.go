@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/fleet"
 	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -38,6 +39,8 @@ type Daemon struct {
 	now     func() time.Time
 	history *recorder
 	writer  *storeWriter
+	fleet   *fleet.Fleet // nil: a daemon alone
+	local   fleetLocal   // what the fleet sees of the daemon
 	pages   *template.Template
 	sums    summaryCache
 	started time.Time
@@ -89,7 +92,13 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	}
 	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
 	writer := newStoreWriter(store, book, p.Settings.ProbeTTL, now, opts.Logger, opts.Registerer)
-	cache := NewFindingsCache(p.Settings, gatherer, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
+	gather := gatherer.Gather
+	fl := newFleet(p.Settings, opts, now)
+	if fl != nil {
+		book.fleet = fl
+		gather = fleetGather(fl, gather, now)
+	}
+	cache := newFindingsCache(p.Settings, gather, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
 	// Pins and findings load side by side: each is about half the work
 	// of a start with many of both.
 	var (
@@ -106,6 +115,9 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	restored, skipped, err := restoreFindings(store, cache, now())
 	<-loaded
 	if err = cmp.Or(pinsErr, err); err != nil {
+		if fl != nil {
+			fl.Close()
+		}
 		cache.Close()
 		store.Close()
 		return nil, err
@@ -123,6 +135,9 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	d := &Daemon{
 		history: e.history,
 		writer:  writer,
+		fleet:   fl,
+		local: fleetLocal{book: book, cache: cache, writer: writer, minTLS: p.Settings.MinTLSVersion, now: now,
+			ttl: p.Settings.ProbeTTL},
 		pages:   parsePages(),
 		Engine:  e,
 		cache:   cache,
@@ -201,6 +216,9 @@ func (d *Daemon) Start() error {
 	}
 	d.history.start()
 	d.writer.start()
+	if d.fleet != nil {
+		d.fleet.Start(d.local)
+	}
 	for i, srv := range d.servers {
 		l := listeners[i]
 		d.log.Info("listening", "protocol", srv.Protocol, "addr", l.Addr().String())
@@ -290,6 +308,13 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	d.wg.Wait()
 	d.cache.Close()
+	if d.fleet != nil {
+		// After the probes, whose findings it sends; before the writer,
+		// which writes what the fleet brings.
+		if err := d.fleet.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("fleet: %w", err))
+		}
+	}
 	d.writer.close()  // after the probes, whose pins and findings it writes
 	d.history.close() // after the probes, whose downgrades it records
 	if err := d.store.Close(); err != nil {

@@ -36,6 +36,10 @@ type Findings struct {
 	// this refresh replaced: it confirms no pin and shows no downgrade
 	// again.
 	probeKept bool
+	// peer reports that another daemon of the fleet gathered these
+	// findings: the daemon took them (and learnt from them) when they
+	// arrived (see fleetLocal.PutFindings).
+	peer bool
 }
 
 // Failed implements tlsprobe.Evidence: nothing at all was learned.

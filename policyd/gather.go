@@ -228,7 +228,13 @@ func trustAnchors(key, caFile string) (*x509.CertPool, error) {
 // NewFindingsCache builds the cache of Findings the settings describe,
 // filled by g. onResult (may be nil) sees every value the cache stores.
 func NewFindingsCache(s rules.Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
-	return tlsprobe.NewCache(g.Gather, tlsprobe.CacheConfig{
+	return newFindingsCache(s, g.Gather, deps, onResult)
+}
+
+// newFindingsCache is NewFindingsCache with the gathering function given
+// (a fleet's wraps the gatherer's).
+func newFindingsCache(s rules.Settings, gather tlsprobe.Gather[Findings], deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+	return tlsprobe.NewCache(gather, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
 		Now:         deps.Now,

@@ -171,6 +171,9 @@ func (w *storeWriter) close() {
 // queues the findings, and the writer does the rest.
 func onFindings(book *pinBook, w *storeWriter, minTLS uint16) func(key string, f Findings) {
 	return func(key string, f Findings) {
+		if f.peer {
+			return // taken when it arrived
+		}
 		if !f.probeKept {
 			book.learn(key, f.Probe, minTLS)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/fleet"
 	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -47,6 +48,9 @@ type pinBook struct {
 	// downgraded, if set, hears of every possible downgrade a probe shows
 	// (for the decision history).
 	downgraded func(p state.Pin)
+	// fleet, if set, hears of every pin this daemon learns, is given or
+	// has removed, to share it with the other daemons of its fleet.
+	fleet *fleet.Fleet
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{} // keys whose pin the store is yet to get
@@ -148,15 +152,21 @@ func pinLevel(p *state.Pin) rules.Level {
 // pinned level confirms (and may raise) the pin; a result below it is a
 // possible downgrade attack, logged and counted, and the pin stands. A
 // failed probe (no evidence) changes nothing. The store gets the change
-// from the writer goroutine.
+// from the writer goroutine, and the fleet, if any, hears of it.
 func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
+	b.learnAt(key, r, minTLS, b.now(), true)
+}
+
+// learnAt is learn of a probe made at now (a peer's probe is a moment
+// old); share says whether the fleet is to hear of the change (not when
+// the probe came from the fleet: the peer shares its own pin).
+func (b *pinBook) learnAt(key string, r tlsprobe.Report, minTLS uint16, now time.Time, share bool) {
 	if r.Failed() {
 		return
 	}
 	shown := capabilityLevel(r.Capability)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := b.now()
 	old, had := b.get(key)
 	switch {
 	case had && !shown.AtLeast(pinLevel(old)):
@@ -174,6 +184,7 @@ func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
 			b.downgraded(p)
 		}
 		b.markDirty(key)
+		b.share(p, share)
 	case shown.AtLeast(rules.LevelEncrypt):
 		p := state.Pin{Key: key, Level: shown.String(), FirstSeen: now, LastSeen: now, Expires: now.Add(b.ttl), Source: "probe"}
 		if had {
@@ -184,6 +195,7 @@ func (b *pinBook) learn(key string, r tlsprobe.Report, minTLS uint16) {
 		}
 		b.put(&p)
 		b.markDirty(key)
+		b.share(p, share)
 	}
 }
 
@@ -242,6 +254,7 @@ func (b *pinBook) add(destination, level string, force bool) (p state.Pin, lower
 	}
 	b.put(&p)
 	b.markDirty(p.Key)
+	b.share(p, true)
 	b.mu.Unlock()
 	if err := b.flush(nil); err != nil {
 		return p, lowered, fmt.Errorf("the pin is in force, but writing it to the state store failed (it will be tried again): %w", err)
@@ -259,11 +272,47 @@ func (b *pinBook) remove(destination string) (bool, error) {
 	b.mu.Lock()
 	_, had := b.pins.LoadAndDelete(key)
 	b.markDirty(key)
+	if had && b.fleet != nil {
+		b.fleet.PinRemoved(key, b.now())
+	}
 	b.mu.Unlock()
 	if err := b.flush(nil); err != nil {
 		return had, fmt.Errorf("the pin is removed, but removing it from the state store failed (it will be tried again): %w", err)
 	}
 	return had, nil
+}
+
+// share tells the fleet of pin p, if there is a fleet and share is set.
+// It runs under mu, so that the fleet hears of changes in their order;
+// the fleet only queues it.
+func (b *pinBook) share(p state.Pin, share bool) {
+	if share && b.fleet != nil {
+		b.fleet.PinChanged(p)
+	}
+}
+
+// merge takes a peer's pin if it beats the one in memory by the fleet's
+// rule (fleet.Beats): a peer never lowers a pin.
+func (b *pinBook) merge(p state.Pin) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := b.pins.Load(p.Key); ok && !fleet.Beats(p, *old.(*state.Pin), b.now()) {
+		return
+	}
+	b.put(&p)
+	b.markDirty(p.Key)
+}
+
+// removeBefore drops the pin of key if it was last confirmed at or before
+// at: an operator's removal on another daemon of the fleet.
+func (b *pinBook) removeBefore(key string, at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := b.pins.Load(key); ok && !old.(*state.Pin).LastSeen.After(at) {
+		b.pins.Delete(key)
+		b.markDirty(key)
+		b.log.Info("pin removed on another daemon of the fleet", "destination", key, "removed_at", at)
+	}
 }
 
 // prune forgets the pins that have expired, in memory and (at the next

@@ -457,6 +457,13 @@ func (c *Cache[V]) Restore(key string, r V) bool {
 	return true
 }
 
+// Put stores a result gathered elsewhere (by another daemon of a fleet)
+// as if a probe had gathered it here, under the same rules: a failed
+// result does not replace a good one. onResult does not see it.
+func (c *Cache[V]) Put(t Target, r V) {
+	c.store(t, r)
+}
+
 // UpdateMetrics sets the cache's metrics to what it holds, after Restore.
 func (c *Cache[V]) UpdateMetrics() { c.cfg.Metrics.setEntries(c.Len()) }
 

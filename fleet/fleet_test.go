@@ -1,0 +1,232 @@
+package fleet
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tlspolicyd/tlspolicyd/internal/redistest"
+	"github.com/tlspolicyd/tlspolicyd/rules"
+	"github.com/tlspolicyd/tlspolicyd/state"
+)
+
+// fakeLocal is a daemon's memory as the fleet sees it.
+type fakeLocal struct {
+	mu       sync.Mutex
+	pins     map[string]state.Pin
+	findings map[string]fakeFindings
+}
+
+type fakeFindings struct {
+	version time.Time
+	data    []byte
+}
+
+func newFakeLocal() *fakeLocal {
+	return &fakeLocal{pins: map[string]state.Pin{}, findings: map[string]fakeFindings{}}
+}
+
+func (l *fakeLocal) Pins() []state.Pin {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []state.Pin
+	for _, p := range l.pins {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (l *fakeLocal) Pin(key string) (state.Pin, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p, ok := l.pins[key]
+	return p, ok
+}
+
+func (l *fakeLocal) MergePin(p state.Pin) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old, ok := l.pins[p.Key]; !ok || Beats(p, old, time.Now()) {
+		l.pins[p.Key] = p
+	}
+}
+
+func (l *fakeLocal) RemovePin(key string, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p, ok := l.pins[key]; ok && !p.LastSeen.After(at) {
+		delete(l.pins, key)
+	}
+}
+
+func (l *fakeLocal) Findings(fn func(string, time.Time, []byte)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, f := range l.findings {
+		fn(k, f.version, f.data)
+	}
+}
+
+func (l *fakeLocal) PutFindings(key string, version time.Time, data []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if version.After(l.findings[key].version) {
+		l.findings[key] = fakeFindings{version, append([]byte(nil), data...)}
+	}
+}
+
+func (l *fakeLocal) level(key string) string {
+	p, ok := l.Pin(key)
+	if !ok {
+		return ""
+	}
+	return p.Level
+}
+
+// startFleet links a fake daemon to the Redis at addr.
+func startFleet(t *testing.T, addr string) (*Fleet, *fakeLocal) {
+	t.Helper()
+	f := New(Config{
+		Redis:  rules.RedisSettings{Addrs: []string{addr}, Password: redistest.Password, KeyPrefix: "tlspolicyd:"},
+		PinTTL: 24 * time.Hour, FindingsTTL: time.Hour, Lease: 3 * time.Second, Interval: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
+	})
+	l := newFakeLocal()
+	f.Start(l)
+	t.Cleanup(func() { f.Close() })
+	return f, l
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func newPin(key, level string, at time.Time) state.Pin {
+	return state.Pin{Key: key, Level: level, FirstSeen: at, LastSeen: at, Expires: at.Add(24 * time.Hour), Source: "admin"}
+}
+
+// TestFleetPins: a pin reaches the other daemon; a removal too, and a
+// stale copy does not bring it back; after Redis restarts empty, what the
+// daemons know is back in Redis and a newcomer gets it.
+func TestFleetPins(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.Options{})
+	a, la := startFleet(t, srv.Addr)
+	b, lb := startFleet(t, srv.Addr)
+	eventually(t, 5*time.Second, "both connected", func() bool { return a.Status().Connected && b.Status().Connected })
+
+	p := newPin("partner.test", "verify", time.Now())
+	la.MergePin(p)
+	a.PinChanged(p)
+	eventually(t, 2*time.Second, "the pin on b", func() bool { return lb.level("partner.test") == "verify" })
+
+	// A weaker pin published later does not lower it.
+	weak := newPin("partner.test", "encrypt", time.Now())
+	b.PinChanged(weak)
+	time.Sleep(500 * time.Millisecond) // what it could change, it would have by now
+	if la.level("partner.test") != "verify" || lb.level("partner.test") != "verify" {
+		t.Fatalf("a weaker pin lowered: a %q, b %q", la.level("partner.test"), lb.level("partner.test"))
+	}
+
+	// Removal on a: gone on b, and b's stale copy (confirmed before the
+	// removal) does not come back on a.
+	la.RemovePin("partner.test", time.Now())
+	a.PinRemoved("partner.test", time.Now())
+	eventually(t, 2*time.Second, "the removal on b", func() bool { return lb.level("partner.test") == "" })
+	b.PinChanged(p)
+	time.Sleep(500 * time.Millisecond)
+	if la.level("partner.test") != "" {
+		t.Fatalf("a stale copy resurrected the removed pin on a")
+	}
+
+	// Redis restarts empty: a pin added meanwhile and the findings are
+	// pushed back; a newcomer gets both.
+	srv.Stop()
+	q := newPin("other.test", "encrypt", time.Now())
+	lb.MergePin(q)
+	b.PinChanged(q)
+	la.PutFindings("probed.test", time.Now(), []byte("findings"))
+	eventually(t, 5*time.Second, "a sees Redis down", func() bool { return !a.Status().Connected })
+	srv.Restart(t)
+	start := time.Now()
+	eventually(t, 10*time.Second, "a has b's pin", func() bool { return la.level("other.test") == "encrypt" })
+	eventually(t, 10*time.Second, "b has a's findings", func() bool {
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		return string(lb.findings["probed.test"].data) == "findings"
+	})
+	t.Logf("caught up %v after Redis came back", time.Since(start))
+	_, lc := startFleet(t, srv.Addr)
+	eventually(t, 5*time.Second, "a newcomer has the pin", func() bool { return lc.level("other.test") == "encrypt" })
+}
+
+// TestFleetLease: one daemon holds a destination's lease; the other
+// waits and gets its findings; with the lease gone and no findings, the
+// waiter is told to probe.
+func TestFleetLease(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.Options{})
+	a, _ := startFleet(t, srv.Addr)
+	b, lb := startFleet(t, srv.Addr)
+	eventually(t, 5*time.Second, "both connected", func() bool { return a.Status().Connected && b.Status().Connected })
+	ctx := context.Background()
+	if held, err := a.Lease(ctx, "dest.test"); !held || err != nil {
+		t.Fatalf("a.Lease = %v, %v; want held", held, err)
+	}
+	if held, err := b.Lease(ctx, "dest.test"); held || err != nil {
+		t.Fatalf("b.Lease = %v, %v; want held by a", held, err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		data, _ := b.WaitFindings(ctx, "dest.test", time.Time{})
+		got <- data
+	}()
+	time.Sleep(50 * time.Millisecond)
+	a.PublishFindings("dest.test", time.Now(), []byte("probed"), true)
+	a.Release("dest.test")
+	if data := <-got; string(data) != "probed" {
+		t.Fatalf("b waited and got %q, want a's findings", data)
+	}
+	lb.mu.Lock()
+	kept := string(lb.findings["dest.test"].data)
+	lb.mu.Unlock()
+	if kept != "probed" {
+		t.Errorf("b did not keep a's findings")
+	}
+	// The lease is free again; a holder that releases without findings
+	// sends the waiter to probe.
+	if held, _ := b.Lease(ctx, "dest.test"); !held {
+		t.Fatal("the lease was not released")
+	}
+	go func() {
+		data, ok := a.WaitFindings(ctx, "dest.test", time.Now())
+		if ok {
+			got <- data
+		} else {
+			got <- nil
+		}
+	}()
+	b.Release("dest.test")
+	if data := <-got; data != nil {
+		t.Errorf("a got %q; want to be told to probe", data)
+	}
+	// Redis down: no lease, probe locally, at once.
+	srv.Stop()
+	eventually(t, 5*time.Second, "a sees Redis down", func() bool { return !a.Status().Connected })
+	if _, err := a.Lease(ctx, "other.test"); err == nil {
+		t.Error("Lease with Redis down: no error; want one (probe locally)")
+	}
+}

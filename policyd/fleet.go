@@ -1,0 +1,160 @@
+package policyd
+
+import (
+	"context"
+	"time"
+
+	"github.com/tlspolicyd/tlspolicyd/fleet"
+	"github.com/tlspolicyd/tlspolicyd/rules"
+	"github.com/tlspolicyd/tlspolicyd/state"
+	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
+)
+
+// A daemon with state.redis shares its pins and findings with its fleet
+// (package fleet). Its memory stays what lookups read: what the fleet
+// brings goes into the pin book and the findings cache as a probe's
+// results would, through fleetLocal, and what the daemon learns goes to
+// the fleet from the pin book and from fleetGather, never from a lookup.
+
+// leaseMargin is how much longer a probe lease lasts than probe.timeout.
+const leaseMargin = 5 * time.Second
+
+// newFleet is the fleet link of state.redis, or nil for a daemon alone
+// (no goroutine, no metric).
+func newFleet(s rules.Settings, opts Options, now func() time.Time) *fleet.Fleet {
+	if !s.Redis.Enabled() {
+		return nil
+	}
+	return fleet.New(fleet.Config{
+		Redis: s.Redis, PinTTL: s.PinTTL, FindingsTTL: s.ProbeTTL, Lease: s.ProbeTimeout + leaseMargin,
+		Now: now, Logger: opts.Logger, Metrics: fleet.NewMetrics(opts.Registerer),
+	})
+}
+
+// fleetLocal is the daemon as the fleet sees it.
+type fleetLocal struct {
+	book   *pinBook
+	cache  *tlsprobe.Cache[Findings]
+	writer *storeWriter
+	minTLS uint16
+	now    func() time.Time
+	ttl    time.Duration // probe.ttl
+}
+
+func (l fleetLocal) Pins() []state.Pin { return l.book.list() }
+
+func (l fleetLocal) Pin(key string) (state.Pin, bool) {
+	v, ok := l.book.pins.Load(key)
+	if !ok {
+		return state.Pin{}, false
+	}
+	return *v.(*state.Pin), true
+}
+
+func (l fleetLocal) MergePin(p state.Pin) { l.book.merge(p) }
+
+func (l fleetLocal) RemovePin(key string, at time.Time) { l.book.removeBefore(key, at) }
+
+// Findings calls fn with the findings in memory that a store would keep.
+func (l fleetLocal) Findings(fn func(key string, version time.Time, data []byte)) {
+	for _, key := range l.cache.Keys() {
+		t, err := Target(key)
+		if err != nil || t.Key() != key {
+			continue
+		}
+		f, ok := l.cache.Peek(t)
+		if _, good := storable(f, l.ttl); !ok || !good {
+			continue
+		}
+		if data, err := f.MarshalBinary(); err == nil {
+			fn(key, findingsVersion(f), data)
+		}
+	}
+}
+
+// PutFindings takes a peer's findings if they are about key, hold
+// evidence, are fresh and newer than those in memory: into the cache, the
+// pin book (learning from a new probe as from a local one, so that a pin
+// learnt elsewhere protects here too) and the state file.
+func (l fleetLocal) PutFindings(key string, version time.Time, data []byte) {
+	var f Findings
+	if decodeFindings(data, &f, nil) != nil || f.Probe.Target.Key() != key {
+		return
+	}
+	expires, ok := storable(f, l.ttl)
+	if !ok || !l.now().Before(expires) {
+		return
+	}
+	t := f.Probe.Target
+	cur, had := l.cache.Peek(t)
+	if had && !version.After(findingsVersion(cur)) {
+		return
+	}
+	l.cache.Put(t, f)
+	if !had || f.Probe.ProbedAt.After(cur.Probe.ProbedAt) {
+		at := f.Probe.ProbedAt
+		if now := l.now(); at.After(now) {
+			at = now
+		}
+		l.book.learnAt(key, f.Probe, l.minTLS, at, false)
+	}
+	l.writer.offer(key, f)
+}
+
+// findingsVersion orders a destination's findings across the fleet: the
+// later of the probe and of the MTA-STS policy fetch, so that a policy
+// read again without a new probe counts as news.
+func findingsVersion(f Findings) time.Time {
+	v := f.Probe.ProbedAt
+	if f.STS != nil && f.STS.FetchedAt.After(v) {
+		v = f.STS.FetchedAt
+	}
+	return v
+}
+
+// fleetGather wraps gather so that one daemon of the fleet probes a
+// destination at a time: the one that takes the destination's lease
+// probes and publishes; the others wait for its findings (in the probe's
+// goroutine: lookups wait probe.wait at most, as ever) and take them. A
+// holder that fails or dies lets the lease go, and a waiter takes it.
+// Without Redis, the daemon probes alone. A few rounds at most, then it
+// probes anyway: the fleet never keeps a daemon from evidence.
+func fleetGather(fl *fleet.Fleet, gather tlsprobe.Gather[Findings], now func() time.Time) tlsprobe.Gather[Findings] {
+	probe := func(ctx context.Context, t tlsprobe.Target, prev Findings, key string) Findings {
+		f := gather(ctx, t, prev)
+		if data, err := f.MarshalBinary(); err == nil && ctx.Err() == nil {
+			if f.Failed() || f.Gathered().IsZero() {
+				// For those waiting on this probe only.
+				fl.PublishFindings(key, now(), data, false)
+			} else {
+				fl.PublishFindings(key, findingsVersion(f), data, true)
+			}
+		}
+		return f
+	}
+	return func(ctx context.Context, t tlsprobe.Target, prev Findings) Findings {
+		key := t.Key()
+		for range 3 {
+			held, err := fl.Lease(ctx, key)
+			if err != nil {
+				return probe(ctx, t, prev, key)
+			}
+			if held {
+				f := probe(ctx, t, prev, key)
+				fl.Release(key)
+				return f
+			}
+			if data, ok := fl.WaitFindings(ctx, key, findingsVersion(prev)); ok {
+				var f Findings
+				if decodeFindings(data, &f, nil) == nil && f.Probe.Target.Key() == key {
+					f.peer = !f.Failed()
+					return f
+				}
+			}
+			if ctx.Err() != nil {
+				return Findings{}
+			}
+		}
+		return probe(ctx, t, prev, key)
+	}
+}
