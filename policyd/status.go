@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/fleet"
 	"github.com/tlspolicyd/tlspolicyd/internal/buildinfo"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 )
@@ -162,6 +163,26 @@ type statusPage struct {
 	Query                string
 	Page, Pages, Matches int
 	Prev, Next           string
+	Fleet                *fleetStatus // nil: a daemon alone
+}
+
+// fleetStatus is the fleet card of the status page.
+type fleetStatus struct {
+	fleet.Status
+	Ago string // since the last reconciliation with Redis
+}
+
+// fleetCard is the fleet's health, or nil without one.
+func (d *Daemon) fleetCard() *fleetStatus {
+	if d.fleet == nil {
+		return nil
+	}
+	st := d.fleet.Status()
+	fs := &fleetStatus{Status: st, Ago: "never"}
+	if !st.LastSync.IsZero() {
+		fs.Ago = d.now().Sub(st.LastSync).Round(time.Second).String() + " ago"
+	}
+	return fs
 }
 
 func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
@@ -183,7 +204,7 @@ func (d *Daemon) statusHandler(w http.ResponseWriter, r *http.Request) {
 	p := statusPage{
 		Build: buildinfo.Read(), Started: d.started, Uptime: d.now().Sub(d.started).Round(time.Second).String(),
 		ConfigFile: rs.File, ConfigTime: d.loadedAt(), Sum: d.summary(),
-		Query: q, Page: pageNo, Pages: pages, Matches: matches,
+		Query: q, Page: pageNo, Pages: pages, Matches: matches, Fleet: d.fleetCard(),
 	}
 	p.Partial = !complete || !p.Sum.complete
 	p.Expiring = p.Sum.Expiring[:min(len(p.Sum.Expiring), attentionRows)]

@@ -31,8 +31,8 @@ type Server struct {
 
 // Options change how the server starts.
 type Options struct {
-	// ACLFile, if set, is given to the server as --aclfile (users
-	// besides the default one, whose password is Password).
+	// ACLFile, if set, names an ACL file of users the server has besides
+	// the default one, whose password is Password.
 	ACLFile string
 }
 
@@ -42,8 +42,21 @@ func Start(t testing.TB, opts Options) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed (apt-get install redis-server; .ci/install-deps does): the fleet tests need a real Redis")
 	}
-	s := &Server{dir: t.TempDir(), acl: opts.ACLFile}
+	s := &Server{dir: t.TempDir()}
 	s.logf = filepath.Join(s.dir, "redis.log")
+	if opts.ACLFile != "" {
+		// With an ACL file, requirepass does not apply: the default user
+		// (Do's) is added to it.
+		acl, err := os.ReadFile(opts.ACLFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.acl = filepath.Join(s.dir, "users.acl")
+		acl = append(acl, "\nuser default on >"+Password+" ~* &* +@all\n"...)
+		if err := os.WriteFile(s.acl, acl, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		if err = s.start(freePort(t)); err == nil {
