@@ -112,9 +112,10 @@ type Fleet struct {
 	status   atomic.Pointer[Status]
 
 	// Reconciler state (its goroutine only).
-	epoch    string
-	seqs     []int64 // the sequence at the last pullLookback syncs
-	lastFull time.Time
+	epoch     string
+	seqs      []int64 // the sequence at the last pullLookback syncs
+	lastFull  time.Time
+	historyID string // the last record of the shared history read
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -122,7 +123,7 @@ type Fleet struct {
 
 // keys are the Redis names, all under the key prefix.
 type keys struct {
-	prefix, seq, epoch, nodes, channel string
+	prefix, seq, epoch, nodes, channel, history string
 }
 
 func (k keys) hash(kind byte) string {
@@ -168,7 +169,7 @@ func New(cfg Config) *Fleet {
 	p := r.KeyPrefix
 	return &Fleet{
 		cfg: cfg, rdb: redis.NewUniversalClient(opts), node: hex.EncodeToString(id[:]), log: cfg.Logger, m: cfg.Metrics,
-		keys: keys{prefix: p, seq: p + "seq", epoch: p + "epoch", nodes: p + "nodes", channel: p + "events"},
+		keys: keys{prefix: p, seq: p + "seq", epoch: p + "epoch", nodes: p + "nodes", channel: p + "events", history: p + "history"},
 		q:    make(chan op, queueLen), tombs: map[string]time.Time{}, waiters: map[string][]*findingsWaiter{},
 	}
 }
@@ -295,6 +296,11 @@ func (f *Fleet) send(batch []op) {
 	for _, o := range batch {
 		if o.release {
 			pipe.Del(ctx, f.keys.lease(o.key))
+			continue
+		}
+		if o.kind == kindDecisions {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: f.keys.history, MaxLen: historyLen, Approx: true,
+				Values: []any{"n", f.node, "d", o.value}})
 			continue
 		}
 		if o.store {
@@ -426,8 +432,11 @@ func (f *Fleet) localRecord(key string) Record {
 }
 
 func kindName(kind byte) string {
-	if kind == kindPin {
+	switch kind {
+	case kindPin:
 		return "pin"
+	case kindDecisions:
+		return "decision"
 	}
 	return "findings"
 }

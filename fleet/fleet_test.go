@@ -17,9 +17,16 @@ import (
 
 // fakeLocal is a daemon's memory as the fleet sees it.
 type fakeLocal struct {
-	mu       sync.Mutex
-	pins     map[string]state.Pin
-	findings map[string]fakeFindings
+	mu        sync.Mutex
+	pins      map[string]state.Pin
+	findings  map[string]fakeFindings
+	decisions []state.Decision
+}
+
+func (l *fakeLocal) AddDecisions(ds []state.Decision) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.decisions = append(l.decisions, ds...)
 }
 
 type fakeFindings struct {
@@ -132,6 +139,19 @@ func TestFleetPins(t *testing.T) {
 	la.MergePin(p)
 	a.PinChanged(p)
 	eventually(t, 2*time.Second, "the pin on b", func() bool { return lb.level("partner.test") == "verify" })
+
+	// The history: a's records reach b, not a itself.
+	a.PublishDecisions([]state.Decision{{Time: time.Now(), Destination: "partner.test", Map: "tlspolicy", Answer: "verify"}})
+	eventually(t, 3*time.Second, "a's decision on b", func() bool {
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		return len(lb.decisions) == 1 && lb.decisions[0].Answer == "verify"
+	})
+	la.mu.Lock()
+	if len(la.decisions) != 0 {
+		t.Errorf("a got its own decisions back: %+v", la.decisions)
+	}
+	la.mu.Unlock()
 
 	// A weaker pin published later does not lower it.
 	weak := newPin("partner.test", "encrypt", time.Now())

@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.ops.WithLabelValues(op)
 		m.errors.WithLabelValues(op)
 	}
-	for _, k := range []string{"pin", "findings"} {
+	for _, k := range []string{"pin", "findings", "decision"} {
 		m.published.WithLabelValues(k)
 		m.received.WithLabelValues(k)
 	}

@@ -72,10 +72,18 @@ func (f *Fleet) sync(ctx context.Context) {
 		fc, fcancel := context.WithTimeout(ctx, fullTimeout)
 		err = f.fullSync(fc)
 		fcancel()
+		c, cancel = context.WithTimeout(ctx, opTimeout) // the rest gets its own time
+		defer cancel()
+		if err == nil {
+			err = f.readHistory(c, epoch != f.epoch)
+		}
 		if err == nil {
 			f.epoch, f.lastFull, f.seqs = epoch, now, []int64{seq}
 		}
 	} else {
+		err = f.readHistory(c, false)
+	}
+	if err == nil && !full {
 		err = f.pull(c, f.seqs[0])
 		if f.seqs = append(f.seqs, seq); len(f.seqs) > pullLookback {
 			f.seqs = f.seqs[1:]

@@ -132,11 +132,12 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	e.history = newRecorder(store, func() time.Duration { return e.Rules().Settings.HistoryTTL },
 		func() rules.DecisionLog { return e.Rules().Settings.LogDecisions }, now, opts.Logger, opts.Registerer)
 	book.downgraded = e.recordDowngrade
+	e.history.fleet = fl
 	d := &Daemon{
 		history: e.history,
 		writer:  writer,
 		fleet:   fl,
-		local: fleetLocal{book: book, cache: cache, writer: writer, minTLS: p.Settings.MinTLSVersion, now: now,
+		local: fleetLocal{book: book, history: e.history, cache: cache, writer: writer, minTLS: p.Settings.MinTLSVersion, now: now,
 			ttl: p.Settings.ProbeTTL},
 		pages:   parsePages(),
 		Engine:  e,

@@ -33,15 +33,18 @@ func newFleet(s rules.Settings, opts Options, now func() time.Time) *fleet.Fleet
 
 // fleetLocal is the daemon as the fleet sees it.
 type fleetLocal struct {
-	book   *pinBook
-	cache  *tlsprobe.Cache[Findings]
-	writer *storeWriter
-	minTLS uint16
-	now    func() time.Time
-	ttl    time.Duration // probe.ttl
+	book    *pinBook
+	history *recorder
+	cache   *tlsprobe.Cache[Findings]
+	writer  *storeWriter
+	minTLS  uint16
+	now     func() time.Time
+	ttl     time.Duration // probe.ttl
 }
 
 func (l fleetLocal) Pins() []state.Pin { return l.book.list() }
+
+func (l fleetLocal) AddDecisions(ds []state.Decision) { l.history.addPeers(ds) }
 
 func (l fleetLocal) Pin(key string) (state.Pin, bool) {
 	v, ok := l.book.pins.Load(key)

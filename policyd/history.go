@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
+	"github.com/tlspolicyd/tlspolicyd/fleet"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -84,6 +85,8 @@ type recorder struct {
 	recorded prometheus.Counter
 	stop     context.CancelFunc
 	done     chan struct{} // closed when run and the load have ended
+	// fleet, if set, gets every record written, for the other daemons.
+	fleet *fleet.Fleet
 }
 
 func newRecorder(store HistoryStore, ttl func() time.Duration, logs func() rules.DecisionLog, now func() time.Time,
@@ -207,6 +210,9 @@ func (h *recorder) run(ctx context.Context) {
 		} else {
 			h.recorded.Add(float64(len(batch)))
 		}
+		if h.fleet != nil {
+			h.fleet.PublishDecisions(batch) // it copies what it keeps
+		}
 		batch = batch[:0]
 		h.q.caughtUp()
 	}
@@ -265,6 +271,21 @@ func (h *recorder) isChange(d *state.Decision) bool {
 		h.log.LogAttrs(context.Background(), slog.LevelInfo, "decision changed", decisionAttrs(*d)...)
 	}
 	return true
+}
+
+// addPeers records the decisions of the other daemons of the fleet, as
+// they recorded them: the history and the list of known destinations are
+// the fleet's.
+func (h *recorder) addPeers(ds []state.Decision) {
+	if err := h.store.AppendDecisions(ds...); err != nil {
+		h.log.Error("cannot write the fleet's decision history to the state store", "records", len(ds), "err", err)
+		return
+	}
+	h.mu.Lock()
+	for _, d := range ds {
+		h.known.touch(d.Destination, d.Time.UnixNano())
+	}
+	h.mu.Unlock()
 }
 
 func (h *recorder) prune() {
