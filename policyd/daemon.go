@@ -94,11 +94,12 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	writer := newStoreWriter(store, book, p.Settings.ProbeTTL, now, opts.Logger, opts.Registerer)
 	gather := gatherer.Gather
 	fl := newFleet(p.Settings, opts, now)
+	var cache *tlsprobe.Cache[Findings]
 	if fl != nil {
 		book.fleet = fl
-		gather = fleetGather(fl, gather, now)
+		gather = fleetGather(fl, gather, now, func(t tlsprobe.Target) (Findings, bool) { return cache.Peek(t) })
 	}
-	cache := newFindingsCache(p.Settings, gather, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
+	cache = newFindingsCache(p.Settings, gather, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
 	// Pins and findings load side by side: each is about half the work
 	// of a start with many of both.
 	var (

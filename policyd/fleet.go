@@ -122,7 +122,11 @@ func findingsVersion(f Findings) time.Time {
 // holder that fails or dies lets the lease go, and a waiter takes it.
 // Without Redis, the daemon probes alone. A few rounds at most, then it
 // probes anyway: the fleet never keeps a daemon from evidence.
-func fleetGather(fl *fleet.Fleet, gather tlsprobe.Gather[Findings], now func() time.Time) tlsprobe.Gather[Findings] {
+//
+// peek reads the cache without starting anything: findings a peer
+// published before this probe began to wait for them are already there.
+func fleetGather(fl *fleet.Fleet, gather tlsprobe.Gather[Findings], now func() time.Time,
+	peek func(tlsprobe.Target) (Findings, bool)) tlsprobe.Gather[Findings] {
 	probe := func(ctx context.Context, t tlsprobe.Target, prev Findings, key string) Findings {
 		f := gather(ctx, t, prev)
 		if data, err := f.MarshalBinary(); err == nil && ctx.Err() == nil {
@@ -138,6 +142,10 @@ func fleetGather(fl *fleet.Fleet, gather tlsprobe.Gather[Findings], now func() t
 	return func(ctx context.Context, t tlsprobe.Target, prev Findings) Findings {
 		key := t.Key()
 		for range 3 {
+			if f, ok := peek(t); ok && findingsVersion(f).After(findingsVersion(prev)) {
+				f.peer = true
+				return f
+			}
 			held, err := fl.Lease(ctx, key)
 			if err != nil {
 				return probe(ctx, t, prev, key)

@@ -9,7 +9,11 @@
 // Usage:
 //
 //	go build -o /tmp/tlspolicyd . && go run ./tools/loadgen -bin /tmp/tlspolicyd \
-//		[-duration 5s] [-warmup 1s] [-conns 1,8,64] [-rounds 3] [-json]
+//		[-duration 5s] [-warmup 1s] [-conns 1,8,64] [-rounds 3] [-json] \
+//		[-redis 127.0.0.1:6379 -redis-password-file FILE]
+//
+// With -redis the daemon is one of a fleet (state.redis): compare its
+// lookups per CPU-second with a run without.
 //
 // Reported per concurrency, as the median over rounds: lookups per second,
 // p50 and p99 latency, server CPU seconds, lookups per server CPU-second,
@@ -55,6 +59,10 @@ type options struct {
 	// path: MTA-STS on, and lookups answered from the probe cache, which
 	// holds what the daemon found probing a fake world (see world).
 	upgrade string
+	// redis, when set, makes the daemon one of a fleet (state.redis) with
+	// the Redis at this host:port, to compare lookups per CPU-second with
+	// and without (the lookup path never calls Redis).
+	redis, redisPasswordFile string
 }
 
 func main() {
@@ -73,6 +81,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "runs per target and concurrency; the median is reported")
 	flag.BoolVar(&o.json, "json", false, "print JSON instead of tables")
 	flag.StringVar(&o.upgrade, "upgrade", "none", "the daemon's defaults.upgrade: none (rule-only answers) or encrypt (the shipped path: MTA-STS on, answers from the probe cache)")
+	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis to make the daemon one of a fleet (state.redis); empty: alone")
+	flag.StringVar(&o.redisPasswordFile, "redis-password-file", "", "the Redis password file (state.redis.password_file)")
 	flag.StringVar(&o.serverCPU, "server-cpus", "", "pin both servers to these CPUs with taskset (e.g. 1); run loadgen itself under taskset -c 0")
 	flag.Parse()
 	var err error
@@ -148,7 +158,7 @@ func run(ctx context.Context, o options) error {
 		}
 		defer w.Close()
 	}
-	text, err := daemonConfig(daemonAddr, dir, w, o.upgrade)
+	text, err := daemonConfig(daemonAddr, dir, w, o.upgrade, o.redisBlock())
 	if err != nil {
 		return err
 	}
@@ -243,7 +253,7 @@ func run(ctx context.Context, o options) error {
 // and DNS points at a loopback port nobody listens on; with one, DNS is the
 // world's and MTA-STS on, as shipped. Either way no lookup leaves the
 // machine and the run measures the socketmap path, not the network.
-func daemonConfig(listen, dir string, w *benchworld.World, upgrade string) (string, error) {
+func daemonConfig(listen, dir string, w *benchworld.World, upgrade, redis string) (string, error) {
 	sources := ""
 	if w == nil {
 		dead, err := freeAddr()
@@ -258,7 +268,7 @@ func daemonConfig(listen, dir string, w *benchworld.World, upgrade string) (stri
   socketmap: %s
 %sstate:
   path: %s
-defaults:
+%sdefaults:
   level: may
   upgrade: %s
 destinations:
@@ -268,7 +278,19 @@ destinations:
     level: encrypt
   - match: "[relay.example.net]:587"
     level: secure
-`, listen, sources, filepath.Join(dir, "state.db"), upgrade), nil
+`, listen, sources, filepath.Join(dir, "state.db"), redis, upgrade), nil
+}
+
+// redisBlock is the state.redis of -redis, or "".
+func (o options) redisBlock() string {
+	if o.redis == "" {
+		return ""
+	}
+	b := fmt.Sprintf("  redis:\n    addrs: [%q]\n", o.redis)
+	if o.redisPasswordFile != "" {
+		b += fmt.Sprintf("    password_file: %q\n", o.redisPasswordFile)
+	}
+	return b
 }
 
 // freeAddr returns a loopback address with a port that was free a moment
