@@ -70,8 +70,12 @@ func (f *Fleet) sync(ctx context.Context) {
 	if full {
 		f.needFull.Store(false) // a failure during it sets it again
 		fc, fcancel := context.WithTimeout(ctx, fullTimeout)
+		began := time.Now()
 		err = f.fullSync(fc)
 		fcancel()
+		if err == nil {
+			f.log.Info("fleet: compared everything with Redis", "took", time.Since(began).Round(time.Millisecond).String())
+		}
 		c, cancel = context.WithTimeout(ctx, opTimeout) // the rest gets its own time
 		defer cancel()
 		if err == nil {

@@ -54,7 +54,22 @@ func (l fleetLocal) Pin(key string) (state.Pin, bool) {
 	return *v.(*state.Pin), true
 }
 
-func (l fleetLocal) MergePin(p state.Pin) { l.book.merge(p) }
+// MergePin takes a peer's pin if it is one this daemon could have made:
+// its key a destination's, confirmed no later than now and lasting no
+// longer than state.pin_ttl (give every daemon of a fleet the same). A
+// pin that is not (damage, a foreign writer) is ignored, never kept for
+// ever.
+func (l fleetLocal) MergePin(p state.Pin) {
+	now := l.now()
+	slack := time.Hour // clocks of the fleet's machines
+	if k, err := PinKey(p.Key); err != nil || k != p.Key || p.LastSeen.After(now.Add(slack)) ||
+		p.Expires.After(p.LastSeen.Add(l.book.ttl+slack)) {
+		l.book.log.Warn("fleet: ignored a pin from Redis that no daemon could have made", "destination", p.Key,
+			"last_seen", p.LastSeen, "expires", p.Expires)
+		return
+	}
+	l.book.merge(p)
+}
 
 func (l fleetLocal) RemovePin(key string, at time.Time) { l.book.removeBefore(key, at) }
 

@@ -46,3 +46,18 @@ func TestPinBookFromFleet(t *testing.T) {
 		t.Errorf("learnt from a peer: %+v, %v; want confirmed a minute ago", p, ok)
 	}
 }
+
+// TestFleetPinBounds: a pin from Redis that no daemon could have made (a
+// key that is not a destination's, an expiry past pin_ttl) is ignored.
+func TestFleetPinBounds(t *testing.T) {
+	t.Parallel()
+	b, clock, _ := newTestPinBook(t, nil)
+	l := fleetLocal{book: b, now: clock.Now}
+	now := clock.Now()
+	l.MergePin(state.Pin{Key: "Not A Key!", Level: "verify", LastSeen: now, Expires: now.Add(time.Hour)})
+	l.MergePin(state.Pin{Key: "forever.example", Level: "verify", LastSeen: now, Expires: now.AddDate(100, 0, 0)})
+	l.MergePin(state.Pin{Key: "ok.example", Level: "verify", LastSeen: now, Expires: now.Add(time.Hour)})
+	if got := len(b.list()); got != 1 {
+		t.Errorf("%d pins taken, want 1 (ok.example): %+v", got, b.list())
+	}
+}
