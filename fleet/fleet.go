@@ -67,9 +67,9 @@ type Local interface {
 	MergePin(p state.Pin)
 	// RemovePin drops the pin of key unless it was confirmed after at.
 	RemovePin(key string, at time.Time)
-	// Findings calls fn with each destination's findings worth sharing,
-	// encoded, and when they were gathered.
-	Findings(fn func(key string, version time.Time, data []byte))
+	// Findings calls put with each destination's findings worth sharing
+	// that want asks for (by key and when they were gathered), encoded.
+	Findings(want func(key string, version time.Time) bool, put func(key string, version time.Time, data []byte))
 	// PutFindings takes a peer's findings of key if they are newer than
 	// the daemon's own, as if it had probed.
 	PutFindings(key string, version time.Time, data []byte)

@@ -71,11 +71,13 @@ func (l *fakeLocal) RemovePin(key string, at time.Time) {
 	}
 }
 
-func (l *fakeLocal) Findings(fn func(string, time.Time, []byte)) {
+func (l *fakeLocal) Findings(want func(string, time.Time) bool, put func(string, time.Time, []byte)) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k, f := range l.findings {
-		fn(k, f.version, f.data)
+		if want(k, f.version) {
+			put(k, f.version, f.data)
+		}
 	}
 }
 

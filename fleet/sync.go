@@ -252,8 +252,10 @@ func (f *Fleet) fullSync(ctx context.Context) error {
 		return err
 	}
 	var werr error
-	f.local.Findings(func(key string, version time.Time, data []byte) {
-		if werr == nil && version.After(versions[key]) && now.Sub(version) < f.cfg.FindingsTTL {
+	f.local.Findings(func(key string, version time.Time) bool {
+		return werr == nil && version.After(versions[key]) && now.Sub(version) < f.cfg.FindingsTTL
+	}, func(key string, version time.Time, data []byte) {
+		if werr == nil {
 			werr = w.put(kindFindings, key, encodeFindings(version, data))
 		}
 	})

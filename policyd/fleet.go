@@ -73,21 +73,18 @@ func (l fleetLocal) MergePin(p state.Pin) {
 
 func (l fleetLocal) RemovePin(key string, at time.Time) { l.book.removeBefore(key, at) }
 
-// Findings calls fn with the findings in memory that a store would keep.
-func (l fleetLocal) Findings(fn func(key string, version time.Time, data []byte)) {
-	for _, key := range l.cache.Keys() {
-		t, err := Target(key)
-		if err != nil || t.Key() != key {
-			continue
-		}
-		f, ok := l.cache.Peek(t)
-		if _, good := storable(f, l.ttl); !ok || !good {
-			continue
+// Findings gives the findings in memory that a store would keep and want
+// asks for.
+func (l fleetLocal) Findings(want func(key string, version time.Time) bool, put func(key string, version time.Time, data []byte)) {
+	l.cache.Range(func(key string, f Findings) bool {
+		if _, good := storable(f, l.ttl); !good || !want(key, findingsVersion(f)) {
+			return true
 		}
 		if data, err := f.MarshalBinary(); err == nil {
-			fn(key, findingsVersion(f), data)
+			put(key, findingsVersion(f), data)
 		}
-	}
+		return true
+	})
 }
 
 // PutFindings takes a peer's findings if they are about key, hold

@@ -312,6 +312,25 @@ func (c *Cache[V]) Keys() []string {
 	return keys
 }
 
+// Range calls fn with every unexpired result, good or failed, and its
+// key, in no particular order, until fn returns false; like Peek, it
+// starts nothing and counts nothing.
+func (c *Cache[V]) Range(fn func(key string, v V) bool) {
+	now := c.cfg.Now()
+	for i := range c.shards {
+		more := true
+		c.shards[i].index.Range(func(k, v any) bool {
+			if e := v.(*entry[V]); now.Before(e.expires) {
+				more = fn(k.(string), e.res)
+			}
+			return more
+		})
+		if !more {
+			return
+		}
+	}
+}
+
 // Prefetch makes sure a result for t is cached or being gathered, without
 // waiting: a fresh result is left alone, a stale one is refreshed in the
 // background, and a miss starts a probe whose result a later lookup finds.

@@ -787,3 +787,33 @@ func next(t *testing.T, gathered <-chan published) published {
 		return published{}
 	}
 }
+
+// TestCachePutAndRange: a result gathered elsewhere is stored as a probe's
+// would be (a failure does not replace a good result), without probing;
+// Range sees the unexpired results and nothing else.
+func TestCachePutAndRange(t *testing.T) {
+	t.Parallel()
+	f, clock := newFakeProbe(), newFakeClock()
+	c, _ := newTestCache(t, f, clock, CacheConfig{})
+	good := Report{Target: exampleTarget, Capability: CapVerify, ProbedAt: clock.Now(), Detail: "from a peer",
+		Hosts: []HostReport{{Host: "mx.example.org", Capability: CapVerify}}}
+	c.Put(exampleTarget, good)
+	c.Put(exampleTarget, Report{Target: exampleTarget, Cause: CauseDNS, ProbedAt: clock.Now()})
+	if r, ok := c.Get(exampleTarget); !ok || r.Detail != "from a peer" {
+		t.Errorf("Get after Put = %q, %v; want the peer's good result", r.Detail, ok)
+	}
+	if calls, _, _ := f.stats(); calls != 0 {
+		t.Errorf("%d probes after Put, want 0", calls)
+	}
+	var seen []string
+	c.Range(func(key string, r Report) bool { seen = append(seen, key+"="+r.Detail); return true })
+	if len(seen) != 1 || seen[0] != exampleTarget.Key()+"=from a peer" {
+		t.Errorf("Range saw %q", seen)
+	}
+	clock.Advance(cacheTTL)
+	seen = nil
+	c.Range(func(key string, r Report) bool { seen = append(seen, key); return true })
+	if len(seen) != 0 {
+		t.Errorf("Range after expiry saw %q", seen)
+	}
+}
