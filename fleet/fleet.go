@@ -107,6 +107,7 @@ type Fleet struct {
 	waiters map[string][]*findingsWaiter // key -> probes waiting for a peer's findings
 
 	up       atomic.Bool
+	warned   atomic.Bool // the current outage was logged
 	needFull atomic.Bool
 	lastSync atomic.Int64 // Unix nanoseconds
 	status   atomic.Pointer[Status]
@@ -330,7 +331,13 @@ func (f *Fleet) trouble(what string, err error) {
 	if f.up.Swap(false) {
 		f.m.up.Set(0)
 	}
-	f.log.Warn("fleet: Redis operation failed; answering from memory, catching up when Redis is back",
+	// One warning per outage (tlspolicyd_fleet_redis_up says the rest);
+	// the retries, every second, at debug level.
+	level := slog.LevelDebug
+	if !f.warned.Swap(true) {
+		level = slog.LevelWarn
+	}
+	f.log.Log(context.Background(), level, "fleet: Redis operation failed; answering from memory, catching up when Redis is back",
 		"op", what, "err", err)
 }
 

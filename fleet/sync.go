@@ -105,6 +105,7 @@ func (f *Fleet) sync(ctx context.Context) {
 	}
 	if !f.up.Swap(true) {
 		f.m.up.Set(1)
+		f.warned.Store(false)
 		f.log.Info("fleet: connected to Redis; pins and findings are shared", "node", f.node)
 	}
 	f.lastSync.Store(now.UnixNano())
