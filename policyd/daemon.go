@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -87,9 +88,11 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
+	// One clock for pins and findings: a lookup reads it once for both.
+	clock := monoclock.New(deps.Now)
+	book := newPinBook(store, p.Settings.PinTTL, clock, opts.Logger, opts.Registerer)
 	writer := newStoreWriter(store, book, p.Settings.ProbeTTL, now, opts.Logger, opts.Registerer)
-	cache := NewFindingsCache(p.Settings, gatherer, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
+	cache := NewFindingsCache(p.Settings, gatherer, deps, clock, onFindings(book, writer, p.Settings.MinTLSVersion))
 	// Pins and findings load side by side: each is about half the work
 	// of a start with many of both.
 	var (

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/dnsclient"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
 	"github.com/tlspolicyd/tlspolicyd/roots"
 	"github.com/tlspolicyd/tlspolicyd/rules"
@@ -226,12 +227,14 @@ func trustAnchors(key, caFile string) (*x509.CertPool, error) {
 }
 
 // NewFindingsCache builds the cache of Findings the settings describe,
-// filled by g. onResult (may be nil) sees every value the cache stores.
-func NewFindingsCache(s rules.Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+// filled by g, on clock (nil: the system clock; give the pins' clock, so
+// that a lookup reads it once for both). onResult (may be nil) sees every
+// value the cache stores.
+func NewFindingsCache(s rules.Settings, g *Gatherer, deps ProbeDeps, clock *monoclock.Clock, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
 	return tlsprobe.NewCache(g.Gather, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
-		Now:         deps.Now,
+		Clock:       clock,
 		Metrics:     deps.Metrics,
 	}, onResult)
 }

@@ -134,8 +134,8 @@ func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 			}
 		}
 		switch {
-		case d.Probed:
-			v.setFindings(d.Findings)
+		case d.Probed():
+			v.setFindings(*d.Findings)
 		case e.findings != nil:
 			if f, ok := e.findings.Peek(t); ok {
 				v.setFindings(f)
