@@ -15,7 +15,6 @@ import (
 // MTA-STS on, so every lookup reads the probe cache.
 const shippedDefaults = "defaults: {level: may, upgrade: encrypt}\nmtasts: {enabled: true}\n"
 
-
 // cachedEngine is an engine over a real findings cache holding verified
 // findings for n destinations, "d0.test" to "d<n-1>.test", with a history
 // recorder that has already seen every answer (as a running daemon's has).

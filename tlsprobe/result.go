@@ -189,6 +189,9 @@ type HostReport struct {
 	Cause      Cause          // why it is not CapVerify; CauseNone when it is
 	Detail     string         // the error text behind Cause
 	Duration   time.Duration
+	// ProbedAt is when this host was probed: a result shared between the
+	// domains the host serves may be older than the domain's probe.
+	ProbedAt time.Time
 }
 
 // Version returns the negotiated TLS version's name, e.g. "TLSv1.2".
