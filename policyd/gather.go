@@ -170,7 +170,7 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 		AllowPrivate: s.AllowPrivate,
 		Metrics:      deps.Metrics,
 		Hosts: tlsprobe.NewHosts(tlsprobe.HostsConfig{TTL: s.ProbeTTL, NegativeTTL: s.ProbeNegTTL,
-			PerAddress: s.ProbePerAddress, Now: deps.Now, Metrics: deps.Metrics}),
+			PerAddress: s.ProbePerAddress, AddrTTL: s.DNSMinTTL, Now: deps.Now, Metrics: deps.Metrics}),
 	}}
 	if s.DANEEnabled {
 		// The TLSA records of the port mail goes to, as Postfix looks up

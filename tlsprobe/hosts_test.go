@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -247,5 +248,24 @@ func TestHostsBackOffAfterFailure(t *testing.T) {
 	p.Probe(context.Background(), targets[2])
 	if dials != 2 {
 		t.Errorf("%d dials after the negative TTL, want 2", dials)
+	}
+}
+
+// A host's addresses are looked up once per AddrTTL, not once per domain
+// it serves, and again after it.
+func TestHostsAddressesShared(t *testing.T) {
+	d, ca, _, port, targets := sharedWorld(t, 50, nil)
+	clock := &fakeClock{now: time.Now()}
+	p := newProber(d, ca, port)
+	p.Now = clock.Now
+	p.Hosts = NewHosts(HostsConfig{TTL: time.Hour, NegativeTTL: time.Minute, AddrTTL: time.Minute, Now: clock.Now})
+	probeAll(p, targets)
+	if n := d.Count("mx.provider.test.", dns.TypeA); n != 1 {
+		t.Errorf("%d A queries for the MX host of 50 domains, want 1", n)
+	}
+	clock.Advance(time.Minute)
+	p.Probe(context.Background(), Target{Name: "shared0.test"})
+	if n := d.Count("mx.provider.test.", dns.TypeA); n != 2 {
+		t.Errorf("%d A queries after AddrTTL, want 2", n)
 	}
 }

@@ -195,7 +195,9 @@ func (p *Prober) hostAddrs(ctx context.Context, host string) ([]netip.Addr, erro
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	return p.Resolver.LookupAddrs(ctx, host)
+	return p.Hosts.lookupAddrs(ctx, host, func(ctx context.Context) ([]netip.Addr, error) {
+		return p.Resolver.LookupAddrs(ctx, host)
+	})
 }
 
 // pickAddrs takes at most n addresses, alternating families so that a host
