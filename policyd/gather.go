@@ -182,6 +182,7 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 			Trusted: dnsclient.AllLoopback(s.DNSServers),
 			Now:     deps.Now,
 			Metrics: dane.NewMetrics(deps.Registerer),
+			Hosts:   dane.NewHostCache(0, deps.Now),
 		}
 	}
 	if s.MTASTSEnabled {
