@@ -232,7 +232,7 @@ func query(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return 1
 	}
-	cache := policyd.NewFindingsCache(p.Settings, gatherer, policyd.ProbeDeps{}, nil)
+	cache := policyd.NewFindingsCache(p.Settings, gatherer, policyd.ProbeDeps{}, nil, nil)
 	defer cache.Close()
 	e := policyd.NewEngine(p, cache)
 	// The daemon's pins count too: read them from the store, or from the
@@ -272,9 +272,9 @@ func query(args []string, stdout, stderr io.Writer) int {
 		v := e.CheckRecipient(context.Background(), sender, "postmaster@"+d.Key.Name)
 		fmt.Fprintf(stdout, "  at RCPT: %s\n", v.Render())
 	}
-	if d.Probed {
+	if d.Probed() {
 		fmt.Fprintln(stdout)
-		printFindings(stdout, d.Findings, p.Settings.MinTLSVersion)
+		printFindings(stdout, *d.Findings, p.Settings.MinTLSVersion)
 	}
 	if !d.Found() {
 		return 1

@@ -118,7 +118,7 @@ func printProbe(w io.Writer, r tlsprobe.Report, minVersion uint16) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREF\tHOST\tADDRESS\tSTARTTLS\tTLS\tCIPHER\tCERTIFICATE\tRESULT")
+	fmt.Fprintln(tw, "PREF\tHOST\tADDRESS\tPROBED\tSTARTTLS\tTLS\tCIPHER\tCERTIFICATE\tRESULT")
 	for _, h := range r.Hosts {
 		addr := "-"
 		if h.Addr.IsValid() {
@@ -128,7 +128,11 @@ func printProbe(w io.Writer, r tlsprobe.Report, minVersion uint16) {
 		if h.Cause != tlsprobe.CauseNone {
 			result += " (" + h.Cause.String() + ")"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Preference, h.Host, addr, yesNo(h.STARTTLS),
+		probed := "-"
+		if !h.ProbedAt.IsZero() {
+			probed = h.ProbedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Preference, h.Host, addr, probed, yesNo(h.STARTTLS),
 			h.Version(), cipherName(h.Cipher), certSummary(h), result)
 	}
 	tw.Flush()

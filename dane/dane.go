@@ -52,6 +52,9 @@ type Checker struct {
 	Now func() time.Time
 	// Metrics, if not nil, counts checks.
 	Metrics *Metrics
+	// Hosts, if not nil, shares each MX host's TLSA result between the
+	// domains it serves, for the result's TTL.
+	Hosts *HostCache
 }
 
 func (c *Checker) trusted() bool { return c.Trusted && dnsclient.AllLoopback(c.Servers) }
@@ -243,7 +246,12 @@ func (c *Checker) hostStatus(ctx context.Context, host string, port int) HostTLS
 	if !c.trusted() {
 		return HostTLSA{Host: n, Status: Insecure, Detail: ErrUntrusted.Error()}
 	}
-	return c.checkHost(ctx, n, port)
+	if h, ok := c.Hosts.get(n, port); ok {
+		return h
+	}
+	h := c.checkHost(ctx, n, port)
+	c.Hosts.put(n, port, h)
+	return h
 }
 
 // checkHost does CheckHost's lookups for host, a normalized name.

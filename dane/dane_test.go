@@ -917,3 +917,29 @@ func TestStrings(t *testing.T) {
 		}
 	}
 }
+
+// Domains that share an MX host share its TLSA lookups, for the TTL of
+// the answers: the second domain asks no TLSA query, and after the TTL the
+// records are read again (a withdrawal is seen).
+func TestCheckSharesHostTLSA(t *testing.T) {
+	t.Parallel()
+	s := fakedns.MustStart(t)
+	secureDomain(s, "a.test", "mx.provider.test")
+	secureDomain(s, "b.test", "mx.provider.test")
+	secureTLSA(s, "mx.provider.test", 3, 1, 1, sha256Hex("provider key"))
+	s.SetTTL(tlsaName("mx.provider.test"), dns.TypeTLSA, 60)
+	now := fixedNow
+	c := newChecker(s)
+	c.Now = func() time.Time { return now }
+	c.Hosts = NewHostCache(0, c.Now)
+	wantResult(t, c.Check(t.Context(), "a.test"), DANEOnly, Usable)
+	wantResult(t, c.Check(t.Context(), "b.test"), DANEOnly, Usable)
+	if n := s.Count(tlsaName("mx.provider.test")+".", dns.TypeTLSA); n != 1 {
+		t.Errorf("%d TLSA queries for one MX host of two domains, want 1", n)
+	}
+	s.Remove(tlsaName("mx.provider.test"), dns.TypeTLSA)
+	now = now.Add(61 * time.Second)
+	if r := c.Check(t.Context(), "b.test"); r.Verdict == DANEOnly {
+		t.Errorf("after the TTL: %v, want the withdrawal seen", r.Verdict)
+	}
+}

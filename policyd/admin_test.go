@@ -56,7 +56,7 @@ func TestJSONListsNeverNull(t *testing.T) {
 func TestViewMTASTSWithoutMX(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(mustLoad(t, "defaults: {level: may}\n"), nil)
-	v := e.ViewOf("none.test", Decision{Probed: true, Findings: Findings{STS: &mtasts.Policy{Mode: mtasts.ModeNone, ID: "1"}}})
+	v := e.ViewOf("none.test", Decision{Findings: &Findings{STS: &mtasts.Policy{Mode: mtasts.ModeNone, ID: "1"}}})
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)

@@ -69,8 +69,8 @@ func (d *Daemon) knownLocked() (*knownList, bool) {
 	// sorted and compact: the few others are sorted and merged in.
 	others := d.cache.Keys()
 	// Only the keys: pinBook.list copies every pin.
-	d.pins.pins.Range(func(k, _ any) bool {
-		others = append(others, k.(string))
+	d.pins.pins.Range(func(k string, _ *heldPin) bool {
+		others = append(others, k)
 		return true
 	})
 	slices.Sort(others)

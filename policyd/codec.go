@@ -23,7 +23,14 @@ import (
 //
 // A field added to Findings or to what it holds must be added here, with a
 // new version; TestFindingsCodecKeepsEveryField fails until it is.
-const findingsCodecV1 byte = 1
+//
+// Version 2 added each host's ProbedAt (host results are shared between
+// destinations, so a host may have been probed before its destination);
+// a version 1 record's hosts take their destination's time.
+const (
+	findingsCodecV1 byte = 1
+	findingsCodecV2 byte = 2
+)
 
 // errFindingsCodec is the error for a record that does not decode.
 var errFindingsCodec = errors.New("findings record does not decode")
@@ -31,7 +38,7 @@ var errFindingsCodec = errors.New("findings record does not decode")
 // MarshalBinary encodes f for the state store.
 func (f Findings) MarshalBinary() ([]byte, error) {
 	e := encoder{b: make([]byte, 0, 256)}
-	e.b = append(e.b, findingsCodecV1)
+	e.b = append(e.b, findingsCodecV2)
 	p := f.Probe
 	e.str(p.Target.Name)
 	e.bool(p.Target.Direct)
@@ -58,6 +65,7 @@ func (f Findings) MarshalBinary() ([]byte, error) {
 		e.uint(uint64(h.Cause))
 		e.str(h.Detail)
 		e.int(int64(h.Duration))
+		e.time(h.ProbedAt)
 	}
 	e.uint(uint64(p.Capability))
 	e.uint(uint64(p.Cause))
@@ -91,9 +99,10 @@ func (f *Findings) UnmarshalBinary(b []byte) error {
 // decodeFindings decodes b into f, sharing the strings of the fields that
 // take few values through intern (nil: no sharing).
 func decodeFindings(b []byte, f *Findings, intern map[string]string) error {
-	if len(b) == 0 || b[0] != findingsCodecV1 {
+	if len(b) == 0 || b[0] != findingsCodecV1 && b[0] != findingsCodecV2 {
 		return fmt.Errorf("%w: unknown version", errFindingsCodec)
 	}
+	version := b[0]
 	d := decoder{b: b[1:], intern: intern}
 	*f = Findings{}
 	p := &f.Probe
@@ -123,12 +132,20 @@ func decodeFindings(b []byte, f *Findings, intern map[string]string) error {
 		h.Cause = tlsprobe.Cause(d.uint())
 		h.Detail = d.shared()
 		h.Duration = time.Duration(d.int())
+		if version >= findingsCodecV2 {
+			h.ProbedAt = d.time()
+		}
 	}
 	p.Capability = tlsprobe.Capability(d.uint())
 	p.Cause = tlsprobe.Cause(d.uint())
 	p.Detail = d.shared()
 	p.ProbedAt = d.time()
 	p.Duration = time.Duration(d.int())
+	for i := range p.Hosts {
+		if p.Hosts[i].ProbedAt.IsZero() {
+			p.Hosts[i].ProbedAt = p.ProbedAt // version 1
+		}
+	}
 	f.DANE = dane.Verdict(d.uint())
 	f.DANEDetail = d.shared()
 	if d.bool() {

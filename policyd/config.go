@@ -137,6 +137,7 @@ func restartOnly(start, now rules.Settings) []string {
 		{"probe.timeout", func(s rules.Settings) any { return s.ProbeTimeout }, ""},
 		{"probe.ttl", func(s rules.Settings) any { return s.ProbeTTL }, ""},
 		{"probe.negative_ttl", func(s rules.Settings) any { return s.ProbeNegTTL }, ""},
+		{"probe.per_address", func(s rules.Settings) any { return s.ProbePerAddress }, ""},
 		{"probe.wait", func(s rules.Settings) any { return requestTimeout(s) },
 			"lookups wait the new time already; the reply deadline of connections follows it after a restart"},
 		{"probe.ca_file", func(s rules.Settings) any { return s.ProbeCAFile }, ""},

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tlspolicyd/tlspolicyd/fleet"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -90,7 +91,9 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	book := newPinBook(store, p.Settings.PinTTL, now, opts.Logger, opts.Registerer)
+	// One clock for pins and findings: a lookup reads it once for both.
+	clock := monoclock.New(deps.Now)
+	book := newPinBook(store, p.Settings.PinTTL, clock, opts.Logger, opts.Registerer)
 	writer := newStoreWriter(store, book, p.Settings.ProbeTTL, now, opts.Logger, opts.Registerer)
 	gather := gatherer.Gather
 	fl := newFleet(p.Settings, opts, now)
@@ -99,7 +102,7 @@ func NewDaemon(p *rules.Rules, opts Options) (*Daemon, error) {
 		book.fleet = fl
 		gather = fleetGather(fl, gather, now, func(t tlsprobe.Target) (Findings, bool) { return cache.Peek(t) })
 	}
-	cache = newFindingsCache(p.Settings, gather, deps, onFindings(book, writer, p.Settings.MinTLSVersion))
+	cache = newFindingsCache(p.Settings, gather, deps, clock, onFindings(book, writer, p.Settings.MinTLSVersion))
 	// Pins and findings load side by side: each is about half the work
 	// of a start with many of both.
 	var (

@@ -18,10 +18,10 @@ type Decision struct {
 	Floor  rules.Level  // the rule's level, raised to meet the class level
 	Level  rules.Level  // the level answered (LevelUnset when not found)
 	Answer wire.Answer
-	// Findings are the evidence consulted, if Probed; Waited is set when
-	// none was ready within probe.wait (the floor was answered).
-	Findings Findings
-	Probed   bool
+	// Findings are the evidence consulted (nil: none was); Waited is set
+	// when none was ready within probe.wait (the floor was answered).
+	// They may be the cache's own copy: never modify them.
+	Findings *Findings
 	Waited   bool
 	// Pending is set when the rules or a pin answered at once and the
 	// evidence is being gathered in the background for later lookups.
@@ -33,6 +33,9 @@ type Decision struct {
 
 	rules *rules.Rules // the rules the decision was made with
 }
+
+// Probed reports whether evidence from a probe was consulted.
+func (d Decision) Probed() bool { return d.Findings != nil }
 
 // Found reports whether the destination has an answer (a .parent key that
 // no rule names has none, so that Postfix goes on to its next key).
@@ -92,14 +95,14 @@ func (d Decision) Explain() string {
 		s += "; evidence is being gathered in the background: the rule answers meanwhile"
 	case d.Published != "":
 		s += fmt.Sprintf("; raised to %s by a published policy: %s", d.Level, d.Published)
-	case d.Pin != nil && !d.Floor.AtLeast(d.Level) && (!d.Probed || !capabilityLevel(d.Findings.Probe.Capability).AtLeast(d.Level)):
+	case d.Pin != nil && !d.Floor.AtLeast(d.Level) && (!d.Probed() || !capabilityLevel(d.Findings.Probe.Capability).AtLeast(d.Level)):
 		s += fmt.Sprintf("; raised to %s by a pin (first seen %s, confirmed %s, expires %s)", d.Level,
 			d.Pin.FirstSeen.UTC().Format(time.RFC3339), d.Pin.LastSeen.UTC().Format(time.RFC3339), d.Pin.Expires.UTC().Format(time.RFC3339))
-	case d.Probed && !d.Floor.AtLeast(d.Level):
+	case d.Probed() && !d.Floor.AtLeast(d.Level):
 		s += fmt.Sprintf("; raised to %s by probe (upgrade %s)", d.Level, d.Rule.Upgrade)
-	case d.Probed && d.Findings.Probe.Failed():
+	case d.Probed() && d.Findings.Probe.Failed():
 		s += "; the probe failed, so the floor holds: " + d.Findings.Probe.Reason(minTLS)
-	case d.Probed:
+	case d.Probed():
 		s += "; probe evidence does not allow more: " + d.Findings.Probe.Reason(minTLS)
 	}
 	if c := d.PinCap(); c != nil {

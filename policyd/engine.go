@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -26,7 +27,11 @@ type Engine struct {
 	findings FindingsSource // nil: rules only
 	// cache is findings when that is the findings cache itself, which the
 	// lookup path then calls directly (see cachedFindings).
-	cache   *tlsprobe.Cache[Findings]
+	cache *tlsprobe.Cache[Findings]
+	// mono is the clock of the cache and, when they share it (as in the
+	// daemon), of the pins: a lookup reads it once for both. nil without
+	// the cache.
+	mono    *monoclock.Clock
 	pins    *pinBook     // nil: no pins
 	history *recorder    // nil: no decision history
 	log     *slog.Logger // where log.decisions: all writes; nil: nowhere
@@ -52,7 +57,9 @@ type FindingsSource interface {
 // findings of src when src is not nil.
 func NewEngine(rs *rules.Rules, src FindingsSource) *Engine {
 	e := &Engine{findings: src}
-	e.cache, _ = src.(*tlsprobe.Cache[Findings])
+	if e.cache, _ = src.(*tlsprobe.Cache[Findings]); e.cache != nil {
+		e.mono = e.cache.Clock()
+	}
 	e.rules.Store(rs)
 	return e
 }
@@ -64,26 +71,46 @@ func NewEngine(rs *rules.Rules, src FindingsSource) *Engine {
 // the stack; a call through the FindingsSource interface would move it to
 // the heap on every lookup, since the compiler cannot see what an
 // interface's method keeps. Other sources (tests' fakes) get a copy.
-func (e *Engine) cachedFindings(t tlsprobe.Target) (Findings, bool) {
+//
+// Findings come back as a pointer, so that a hit copies none: the cache's
+// own copy, which never changes once cached.
+func (e *Engine) cachedFindings(t tlsprobe.Target, now time.Duration) *Findings {
 	if e.cache != nil {
-		return e.cache.Get(t)
+		return e.cache.RefAt(t, now)
 	}
-	return e.findings.Get(t.Clone())
+	return found(e.findings.Get(t.Clone()))
 }
 
-func (e *Engine) prefetch(t tlsprobe.Target) {
+// now reads the clock of the cache and pins for one lookup (0 without the
+// cache, whose clock is then not read).
+func (e *Engine) now() time.Duration {
+	if e.mono == nil {
+		return 0
+	}
+	return e.mono.Now()
+}
+
+// found is a findings source's answer as the engine keeps it.
+func found(f Findings, ok bool) *Findings {
+	if !ok {
+		return nil
+	}
+	return &f
+}
+
+func (e *Engine) prefetch(t tlsprobe.Target, now time.Duration) {
 	if e.cache != nil {
-		e.cache.Prefetch(t)
+		e.cache.PrefetchAt(t, now)
 		return
 	}
 	e.findings.Prefetch(t.Clone())
 }
 
-func (e *Engine) waitFindings(ctx context.Context, t tlsprobe.Target) (Findings, bool) {
+func (e *Engine) waitFindings(ctx context.Context, t tlsprobe.Target) *Findings {
 	if e.cache != nil {
-		return e.cache.Lookup(ctx, t)
+		return found(e.cache.Lookup(ctx, t))
 	}
-	return e.findings.Lookup(ctx, t.Clone())
+	return found(e.findings.Lookup(ctx, t.Clone()))
 }
 
 // Rules returns the rule set in force.
@@ -216,14 +243,15 @@ func (e *Engine) raise(ctx context.Context, d *Decision, k rules.Key, wait time.
 	}
 	limit := d.Rule.Upgrade.Cap()
 	wantPublished := d.rules.WantsPublished(d.Rule, k.Kind)
+	now := e.now()
 	// A pin answers at once, without waiting for a probe. The probe is
 	// still kept fresh in the background: a pin that is never re-probed
 	// would never be confirmed (it would lapse) and a downgrade never seen.
-	if pin, ok := e.pinFor(t); ok {
-		d.Pin = pin
-		d.raiseTo(rules.Lower(pinLevel(pin), limit))
+	if pin, ok := e.pinAt(t, now); ok {
+		d.Pin = pin.pin
+		d.raiseTo(rules.Lower(pin.level, limit))
 		if d.Level.AtLeast(limit) && !wantPublished {
-			e.prefetch(t)
+			e.prefetch(t, now)
 			return
 		}
 	}
@@ -231,12 +259,12 @@ func (e *Engine) raise(ctx context.Context, d *Decision, k rules.Key, wait time.
 		return // nothing evidence could add
 	}
 	if known := d.Pin != nil || d.Rule.Index >= 0; known && !patient {
-		if d.Findings, d.Probed = e.cachedFindings(t); !d.Probed {
-			e.prefetch(t)
+		if d.Findings = e.cachedFindings(t, now); d.Findings == nil {
+			e.prefetch(t, now)
 			d.Pending = true
 			return
 		}
-	} else if d.Findings, d.Probed = e.findingsFor(ctx, t, wait); !d.Probed {
+	} else if d.Findings = e.findingsAt(ctx, t, now, wait); d.Findings == nil {
 		d.Waited = true
 		return
 	}
@@ -253,20 +281,38 @@ func (e *Engine) raise(ctx context.Context, d *Decision, k rules.Key, wait time.
 
 // pinFor returns the valid pin of a target.
 func (e *Engine) pinFor(t tlsprobe.Target) (*state.Pin, bool) {
+	if h, ok := e.pinAt(t, e.now()); ok {
+		return h.pin, true
+	}
+	return nil, false
+}
+
+// pinAt is pinFor at time now, read by e.now, for the lookup path: the
+// pin as memory holds it (see heldPin), if valid.
+func (e *Engine) pinAt(t tlsprobe.Target, now time.Duration) (*heldPin, bool) {
 	if e.pins == nil {
 		return nil, false
 	}
-	return e.pins.get(t.Key())
+	if e.pins.clock != e.mono {
+		now = e.pins.clock.Now()
+	}
+	h, ok := e.pins.getAt(t.Key(), now)
+	return h, ok
 }
 
 // findingsFor returns the findings for a target: from the cache, or by
 // waiting at most wait for a probe. Without a source there are none.
-func (e *Engine) findingsFor(ctx context.Context, t tlsprobe.Target, wait time.Duration) (Findings, bool) {
+func (e *Engine) findingsFor(ctx context.Context, t tlsprobe.Target, wait time.Duration) *Findings {
+	return e.findingsAt(ctx, t, e.now(), wait)
+}
+
+// findingsAt is findingsFor at time now, read by e.now.
+func (e *Engine) findingsAt(ctx context.Context, t tlsprobe.Target, now time.Duration, wait time.Duration) *Findings {
 	if e.findings == nil {
-		return Findings{}, false
+		return nil
 	}
-	if f, ok := e.cachedFindings(t); ok {
-		return f, true
+	if f := e.cachedFindings(t, now); f != nil {
+		return f
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
@@ -300,8 +346,8 @@ func (e *Engine) fallbackRoute(rs *rules.Rules, key []byte) wire.Answer {
 	if !ok {
 		return notFound()
 	}
-	f, ok := e.findingsFor(context.Background(), t, 0)
-	if res := f.Probe; !ok || res.Failed() || res.Capability >= neededCapability(r.Level) {
+	f := e.findingsFor(context.Background(), t, 0)
+	if f == nil || f.Probe.Failed() || f.Probe.Capability >= neededCapability(r.Level) {
 		return notFound()
 	}
 	a := routeAnswer(r.Fallback)
@@ -352,7 +398,8 @@ func targetOf(k rules.Key) (tlsprobe.Target, bool) {
 	if k.Kind == rules.KeyParent || k.Kind == 0 {
 		return tlsprobe.Target{}, false
 	}
-	return tlsprobe.Target{Name: strings.TrimPrefix(k.Host, "ipv6:"), Direct: k.Direct, Port: k.Port}, true
+	t := tlsprobe.Target{Name: strings.TrimPrefix(k.Host, "ipv6:"), Direct: k.Direct, Port: k.Port}
+	return t.KeyedBy(k.Name), true
 }
 
 // capabilityLevel is the level a probed capability supports.

@@ -170,7 +170,7 @@ func TestEvidenceWaitBounded(t *testing.T) {
 	t.Parallel()
 	e := NewEngine(mustLoad(t, evidenceRules), &fakeFindings{results: map[string]tlsprobe.Report{}})
 	d := e.Decide(context.Background(), "tarpit.test", "", 20*time.Millisecond)
-	if !d.Waited || d.Probed || d.Answer.Text != "may" {
+	if !d.Waited || d.Probed() || d.Answer.Text != "may" {
 		t.Errorf("decision = %+v, want the floor after waiting", d)
 	}
 }

@@ -61,7 +61,7 @@ func (f Findings) RefreshBy() time.Time { return f.RecheckAt }
 // hold. DANE answers carry no TLSRPT attributes, whatever postfix_version:
 // Postfix reports DANE from its own TLSA lookups, and refuses the
 // attributes on a policy that is not policy_type=sts (TLSRPT_README).
-func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f Findings) (rules.Level, string, string) {
+func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f *Findings) (rules.Level, string, string) {
 	s := rs.Settings
 	if s.DANEEnabled && rule.DANE {
 		switch f.DANE {

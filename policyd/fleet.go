@@ -51,7 +51,7 @@ func (l fleetLocal) Pin(key string) (state.Pin, bool) {
 	if !ok {
 		return state.Pin{}, false
 	}
-	return *v.(*state.Pin), true
+	return *v.pin, true
 }
 
 // MergePin takes a peer's pin if it is one this daemon could have made:

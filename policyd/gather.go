@@ -12,6 +12,7 @@ import (
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
 	"github.com/tlspolicyd/tlspolicyd/dnsclient"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/mtasts"
 	"github.com/tlspolicyd/tlspolicyd/roots"
 	"github.com/tlspolicyd/tlspolicyd/rules"
@@ -168,6 +169,8 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 		StepTimeout:  min(s.ProbeTimeout, tlsprobe.DefaultStepTimeout),
 		AllowPrivate: s.AllowPrivate,
 		Metrics:      deps.Metrics,
+		Hosts: tlsprobe.NewHosts(tlsprobe.HostsConfig{TTL: s.ProbeTTL, NegativeTTL: s.ProbeNegTTL,
+			PerAddress: s.ProbePerAddress, AddrTTL: s.DNSMinTTL, Now: deps.Now, Metrics: deps.Metrics}),
 	}}
 	if s.DANEEnabled {
 		// The TLSA records of the port mail goes to, as Postfix looks up
@@ -179,6 +182,7 @@ func NewGatherer(s rules.Settings, deps ProbeDeps) (*Gatherer, error) {
 			Trusted: dnsclient.AllLoopback(s.DNSServers),
 			Now:     deps.Now,
 			Metrics: dane.NewMetrics(deps.Registerer),
+			Hosts:   dane.NewHostCache(0, deps.Now),
 		}
 	}
 	if s.MTASTSEnabled {
@@ -226,18 +230,20 @@ func trustAnchors(key, caFile string) (*x509.CertPool, error) {
 }
 
 // NewFindingsCache builds the cache of Findings the settings describe,
-// filled by g. onResult (may be nil) sees every value the cache stores.
-func NewFindingsCache(s rules.Settings, g *Gatherer, deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
-	return newFindingsCache(s, g.Gather, deps, onResult)
+// filled by g, on clock (nil: the system clock; give the pins' clock, so
+// that a lookup reads it once for both). onResult (may be nil) sees every
+// value the cache stores.
+func NewFindingsCache(s rules.Settings, g *Gatherer, deps ProbeDeps, clock *monoclock.Clock, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+	return newFindingsCache(s, g.Gather, deps, clock, onResult)
 }
 
 // newFindingsCache is NewFindingsCache with the gathering function given
 // (a fleet's wraps the gatherer's).
-func newFindingsCache(s rules.Settings, gather tlsprobe.Gather[Findings], deps ProbeDeps, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
+func newFindingsCache(s rules.Settings, gather tlsprobe.Gather[Findings], deps ProbeDeps, clock *monoclock.Clock, onResult func(string, Findings)) *tlsprobe.Cache[Findings] {
 	return tlsprobe.NewCache(gather, tlsprobe.CacheConfig{
 		TTL:         s.ProbeTTL,
 		NegativeTTL: s.ProbeNegTTL,
-		Now:         deps.Now,
+		Clock:       clock,
 		Metrics:     deps.Metrics,
 	}, onResult)
 }

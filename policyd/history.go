@@ -396,7 +396,7 @@ func evidenceOf(d *Decision) state.Evidence {
 	if d.Pin != nil {
 		ev.Pin = d.Pin.Level
 	}
-	if !d.Probed {
+	if !d.Probed() {
 		if d.Waited {
 			ev.Probe = "no result within probe.wait"
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
 
@@ -70,4 +71,43 @@ func BenchmarkLookupTableCachedParallel(b *testing.B) {
 			e.LookupTable(ctx, "tlspolicy", keys[i%len(keys)])
 		}
 	})
+}
+
+// BenchmarkLookupTableMix is the lookup mix tools/loadgen sends with
+// -upgrade encrypt, answered as the daemon answers it once every
+// destination is probed: rules of every kind, MTA-STS on, findings cached
+// and a pin learnt for each destination that verified.
+func BenchmarkLookupTableMix(b *testing.B) {
+	const mixRules = shippedDefaults + `destinations:
+  - match: example.org
+    level: verify
+  - match: .example.org
+    level: encrypt
+  - match: "[relay.example.net]:587"
+    level: secure
+`
+	gather := func(_ context.Context, t tlsprobe.Target, _ Findings) Findings {
+		return Findings{Probe: tlsprobe.Report{Target: t, Capability: tlsprobe.CapVerify, ProbedAt: time.Now()}}
+	}
+	c := tlsprobe.NewCache(gather, tlsprobe.CacheConfig{TTL: time.Hour, NegativeTTL: time.Minute}, nil)
+	b.Cleanup(c.Close)
+	e := NewEngine(mustLoad(b, mixRules), c)
+	keys := [][]byte{[]byte("example.org"), []byte("mx1.example.org"), []byte("[relay.example.net]:587"),
+		[]byte("someone.test"), []byte("Some.Example.ORG"), []byte("SomeOne.TEST")}
+	var pins []state.Pin
+	now := time.Now()
+	for _, k := range keys {
+		t, err := Target(string(k))
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Probe(context.Background(), t)
+		pins = append(pins, state.Pin{Key: t.Key(), Level: "verify", FirstSeen: now, LastSeen: now, Expires: now.Add(time.Hour), Source: "probe"})
+	}
+	e.UsePins(pins, time.Hour)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		e.LookupTable(ctx, "tlspolicy", keys[i%len(keys)])
+	}
 }

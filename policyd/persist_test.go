@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/internal/testlog"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
@@ -61,7 +62,7 @@ func TestMissDoesNotWaitForTheStore(t *testing.T) {
 	store := &stuckStore{enter: make(chan struct{}, 10), release: make(chan struct{})}
 	log := &testlog.Buffer{}
 	reg := prometheus.NewRegistry()
-	book := newPinBook(store, testPinTTL, time.Now, log.Logger(), reg)
+	book := newPinBook(store, testPinTTL, monoclock.New(nil), log.Logger(), reg)
 	w := newStoreWriter(store, book, testProbeTTL, time.Now, log.Logger(), reg)
 	w.start()
 	gather := func(_ context.Context, _ tlsprobe.Target, _ Findings) Findings { return verified(time.Now()) }
@@ -121,14 +122,14 @@ func newStoreTest(t *testing.T) *storeTest {
 	if st.store, err = state.OpenBolt(filepath.Join(t.TempDir(), "state.db"), time.Second); err != nil {
 		t.Fatal(err)
 	}
-	st.book = newPinBook(st.store, testPinTTL, st.clock.Now, st.log.Logger(), st.reg)
+	st.book = newPinBook(st.store, testPinTTL, monoclock.New(st.clock.Now), st.log.Logger(), st.reg)
 	st.w = newStoreWriter(st.store, st.book, testProbeTTL, st.clock.Now, st.log.Logger(), st.reg)
 	gather := func(_ context.Context, t tlsprobe.Target, _ Findings) Findings {
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		return st.answer[t.Name](st.clock.Now())
 	}
-	st.c = tlsprobe.NewCache(gather, tlsprobe.CacheConfig{TTL: testProbeTTL, NegativeTTL: time.Minute, DueTick: -1, Now: st.clock.Now},
+	st.c = tlsprobe.NewCache(gather, tlsprobe.CacheConfig{TTL: testProbeTTL, NegativeTTL: time.Minute, DueTick: -1, Clock: monoclock.New(st.clock.Now)},
 		onFindings(st.book, st.w, tls12))
 	t.Cleanup(func() {
 		st.c.Close()
@@ -348,7 +349,7 @@ func TestRestoreFindings(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := tlsprobe.NewCache(func(context.Context, tlsprobe.Target, Findings) Findings { return Findings{} },
-		tlsprobe.CacheConfig{Size: 16, TTL: testProbeTTL, NegativeTTL: time.Minute, DueTick: -1, Now: st.clock.Now}, nil)
+		tlsprobe.CacheConfig{Size: 16, TTL: testProbeTTL, NegativeTTL: time.Minute, DueTick: -1, Clock: monoclock.New(st.clock.Now)}, nil)
 	defer c.Close()
 	restored, skipped, err := restoreFindings(st.store, c, now)
 	keys := c.Keys()

@@ -11,8 +11,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/puzpuzpuz/xsync/v4"
 
 	"github.com/tlspolicyd/tlspolicyd/fleet"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/internal/ratelog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -37,12 +39,13 @@ import (
 // findings, are never given up: a failed write marks its keys dirty
 // again, and the set of dirty keys is bounded by the number of pins.
 type pinBook struct {
-	pins    sync.Map    // target key -> *state.Pin
+	pins *xsync.Map[string, *heldPin] // by target key; typed, for fast reads
+
 	stored  atomic.Bool // a pin was ever stored; see any
 	mu      sync.Mutex  // serialises changes to pins
 	store   state.Store // nil: pins live in memory only
 	ttl     time.Duration
-	now     func() time.Time
+	clock   *monoclock.Clock // heldPin.expires is on it
 	log     *slog.Logger
 	metrics *pinMetrics
 	// downgraded, if set, hears of every possible downgrade a probe shows
@@ -62,8 +65,9 @@ type pinBook struct {
 	wake    chan struct{} // signalled when a key becomes dirty; capacity 1
 }
 
-func newPinBook(store state.Store, ttl time.Duration, now func() time.Time, log *slog.Logger, reg prometheus.Registerer) *pinBook {
-	b := &pinBook{store: store, ttl: ttl, now: now, log: log, dirty: make(map[string]struct{}), wake: make(chan struct{}, 1)}
+// newPinBook returns a book on clock.
+func newPinBook(store state.Store, ttl time.Duration, clock *monoclock.Clock, log *slog.Logger, reg prometheus.Registerer) *pinBook {
+	b := &pinBook{pins: xsync.NewMap[string, *heldPin](), store: store, ttl: ttl, clock: clock, log: log, dirty: make(map[string]struct{}), wake: make(chan struct{}, 1)}
 	b.metrics = newPinMetrics(reg, b)
 	return b
 }
@@ -109,7 +113,7 @@ func (b *pinBook) flush(findings []state.Probe) error {
 	c := state.Changes{Probes: findings}
 	for _, k := range keys {
 		if v, ok := b.pins.Load(k); ok {
-			c.Pins = append(c.Pins, *v.(*state.Pin))
+			c.Pins = append(c.Pins, *v.pin)
 		} else {
 			c.DeletePins = append(c.DeletePins, k)
 		}
@@ -126,20 +130,41 @@ func (b *pinBook) flush(findings []state.Probe) error {
 // lookup need not spell out its key to look for one.
 func (b *pinBook) any() bool { return b != nil && b.stored.Load() }
 
+// heldPin is a pin as memory holds it for lookups: with its expiry on the
+// book's clock and its level parsed, so that a lookup checks it with one
+// read of the monotonic clock and reads nothing else of the pin.
+type heldPin struct {
+	pin     *state.Pin
+	expires time.Duration
+	level   rules.Level
+}
+
 // put stores a pin in memory.
 func (b *pinBook) put(p *state.Pin) {
 	b.stored.Store(true)
-	b.pins.Store(p.Key, p)
+	b.pins.Store(p.Key, &heldPin{pin: p, expires: b.clock.At(p.Expires), level: pinLevel(p)})
 }
 
-// get returns the valid pin of a target key.
+// now is the wall time on the book's clock.
+func (b *pinBook) now() time.Time { return b.clock.Wall() }
+
+// get returns the pin of a target key, and whether it is valid.
 func (b *pinBook) get(key string) (*state.Pin, bool) {
-	v, ok := b.pins.Load(key)
+	h, ok := b.getAt(key, b.clock.Now())
+	if h == nil {
+		return nil, false
+	}
+	return h.pin, ok
+}
+
+// getAt returns the held pin of a target key (nil: none), and whether it
+// is valid at now, read from the book's clock.
+func (b *pinBook) getAt(key string, now time.Duration) (*heldPin, bool) {
+	h, ok := b.pins.Load(key)
 	if !ok {
 		return nil, false
 	}
-	p := v.(*state.Pin)
-	return p, p.Valid(b.now())
+	return h, now < h.expires
 }
 
 // pinLevel is the level a pin stands for.
@@ -296,7 +321,7 @@ func (b *pinBook) share(p state.Pin, share bool) {
 func (b *pinBook) merge(p state.Pin) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if old, ok := b.pins.Load(p.Key); ok && !fleet.Beats(p, *old.(*state.Pin), b.now()) {
+	if old, ok := b.pins.Load(p.Key); ok && !fleet.Beats(p, *old.pin, b.now()) {
 		return
 	}
 	b.put(&p)
@@ -308,7 +333,7 @@ func (b *pinBook) merge(p state.Pin) {
 func (b *pinBook) removeBefore(key string, at time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if old, ok := b.pins.Load(key); ok && !old.(*state.Pin).LastSeen.After(at) {
+	if old, ok := b.pins.Load(key); ok && !old.pin.LastSeen.After(at) {
 		b.pins.Delete(key)
 		b.markDirty(key)
 		b.log.Info("pin removed on another daemon of the fleet", "destination", key, "removed_at", at)
@@ -322,9 +347,10 @@ func (b *pinBook) prune() int {
 	defer b.mu.Unlock()
 	now := b.now()
 	var gone []string
-	b.pins.Range(func(k, v any) bool {
-		if !v.(*state.Pin).Valid(now) && b.pins.CompareAndDelete(k, v) {
-			gone = append(gone, k.(string))
+	b.pins.Range(func(k string, v *heldPin) bool {
+		if !v.pin.Valid(now) {
+			b.pins.Delete(k) // under mu: no change can have come between
+			gone = append(gone, k)
 		}
 		return true
 	})
@@ -335,8 +361,8 @@ func (b *pinBook) prune() int {
 // list returns every pin, valid or expired, sorted by key.
 func (b *pinBook) list() []state.Pin {
 	out := []state.Pin{} // an empty list, not null, in JSON
-	b.pins.Range(func(_, v any) bool {
-		out = append(out, *v.(*state.Pin))
+	b.pins.Range(func(_ string, v *heldPin) bool {
+		out = append(out, *v.pin)
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
@@ -346,7 +372,11 @@ func (b *pinBook) list() []state.Pin {
 // UsePins gives an engine pins to answer with, kept in memory only: for
 // `tlspolicyd query`, which reads the daemon's pins but must not write.
 func (e *Engine) UsePins(pins []state.Pin, ttl time.Duration) {
-	b := newPinBook(nil, ttl, time.Now, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	clock := e.mono
+	if clock == nil {
+		clock = monoclock.New(nil)
+	}
+	b := newPinBook(nil, ttl, clock, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	b.load(pins)
 	e.pins = b
 }
@@ -377,8 +407,8 @@ func newPinMetrics(reg prometheus.Registerer, b *pinBook) *pinMetrics {
 	reg.MustRegister(collectorFunc{pinsDesc, func(ch chan<- prometheus.Metric) {
 		counts := map[string]int{"encrypt": 0, "verify": 0}
 		now := b.now()
-		b.pins.Range(func(_, v any) bool {
-			if p := v.(*state.Pin); p.Valid(now) {
+		b.pins.Range(func(_ string, v *heldPin) bool {
+			if p := v.pin; p.Valid(now) {
 				counts[p.Level]++
 			}
 			return true

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 	"github.com/tlspolicyd/tlspolicyd/internal/testlog"
 	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
@@ -41,7 +42,7 @@ func newTestPinBook(t *testing.T, store state.Store) (*pinBook, *fakeClock, *tes
 	t.Helper()
 	clock := &fakeClock{now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
 	log := &testlog.Buffer{}
-	return newPinBook(store, 30*24*time.Hour, clock.Now, log.Logger(), prometheus.NewRegistry()), clock, log
+	return newPinBook(store, 30*24*time.Hour, monoclock.New(clock.Now), log.Logger(), prometheus.NewRegistry()), clock, log
 }
 
 func result(c tlsprobe.Capability, cause tlsprobe.Cause) tlsprobe.Report {
@@ -165,7 +166,7 @@ func TestEngineAnswersFromPins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.pins.Store("expired.test", &state.Pin{Key: "expired.test", Level: "verify", Expires: clock.Now()})
+	b.put(&state.Pin{Key: "expired.test", Level: "verify", Expires: clock.Now()})
 	ctx := context.Background()
 	for key, want := range map[string]string{
 		"pinned.test":  "verify protocols=>=TLSv1.2",

@@ -134,9 +134,10 @@ func (e *Engine) CheckRecipient(ctx context.Context, sender, recipient string) R
 			continue
 		}
 		if !looked {
-			var f Findings
-			f, ok = e.findingsFor(ctx, t, rs.Settings.ProbeWait)
-			res, looked = f.Probe, true
+			if f := e.findingsFor(ctx, t, rs.Settings.ProbeWait); f != nil {
+				res, ok = f.Probe, true
+			}
+			looked = true
 		}
 		if out := judge(req, res, ok, rs.Settings.MinTLSVersion); out.Action != ActionDunno {
 			out.Class, out.Rule = v.Class, v.Rule

@@ -40,6 +40,10 @@ type MXView struct {
 	Cipher      string    `json:"cipher"`
 	Certificate *CertView `json:"certificate"`
 	Error       string    `json:"error"`
+	// ProbedAt is when this host was probed: host results are shared by
+	// the destinations a host serves, so it may be older than the
+	// destination's probe.
+	ProbedAt time.Time `json:"probed_at"`
 }
 
 // CertView is an MX host's certificate as the probe judged it.
@@ -134,8 +138,8 @@ func (e *Engine) ViewOf(destination string, d Decision) DestinationView {
 			}
 		}
 		switch {
-		case d.Probed:
-			v.setFindings(d.Findings)
+		case d.Probed():
+			v.setFindings(*d.Findings)
 		case e.findings != nil:
 			if f, ok := e.findings.Peek(t); ok {
 				v.setFindings(f)
@@ -169,7 +173,7 @@ func (v *DestinationView) setFindings(f Findings) {
 }
 
 func mxView(h tlsprobe.HostReport) MXView {
-	m := MXView{Host: h.Host, STARTTLS: h.STARTTLS}
+	m := MXView{Host: h.Host, STARTTLS: h.STARTTLS, ProbedAt: h.ProbedAt}
 	if h.Addr.IsValid() {
 		m.Address = h.Addr.Addr().String()
 	}

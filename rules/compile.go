@@ -18,6 +18,10 @@ import (
 // before it fails, and a waiting lookup holds up a delivery process.
 const maxProbeWait = 60 * time.Second
 
+// maxPerAddress bounds probe.per_address: more at once to one server is
+// what a scanner does.
+const maxPerAddress = 16
+
 // compiler collects every problem of one file with its line.
 type compiler struct {
 	file     string
@@ -167,6 +171,10 @@ func (c *compiler) settings(s *Settings, cfg Config) {
 		c.errorf([]any{"probe", "port"}, "probe.port: %d is not a port from 1 to 65535 (SMTP is 25)", cfg.Probe.Port)
 	}
 	s.ProbePort = cfg.Probe.Port
+	if cfg.Probe.PerAddress < 1 || cfg.Probe.PerAddress > maxPerAddress {
+		c.errorf([]any{"probe", "per_address"}, "probe.per_address: %d is not from 1 to %d (the probes talking to one mail server address at once; 2 is polite)", cfg.Probe.PerAddress, maxPerAddress)
+	}
+	s.ProbePerAddress = cfg.Probe.PerAddress
 	if cfg.Probe.Helo != "" {
 		if _, err := normalizeName(cfg.Probe.Helo); err != nil || strings.ContainsAny(cfg.Probe.Helo, ":[]") {
 			c.errorf([]any{"probe", "helo"}, "probe.helo: %q is not a host name (write the fully qualified name of this machine, or leave it empty)", cfg.Probe.Helo)

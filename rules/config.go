@@ -89,6 +89,7 @@ type ProbeConfig struct {
 	Wait         string `yaml:"wait"`
 	CAFile       string `yaml:"ca_file"`
 	AllowPrivate bool   `yaml:"allow_private"`
+	PerAddress   int    `yaml:"per_address"`
 }
 
 // StateConfig locates the persistent store of pins and probe results.
@@ -192,7 +193,7 @@ func DefaultConfig() Config {
 		Log:    LogConfig{Level: "info", Format: "text", Decisions: "changes"},
 		DNS:    DNSConfig{Timeout: "5s", MinTTL: "1m"},
 		Probe: ProbeConfig{
-			Port: 25, Timeout: "30s", TTL: "6h", NegativeTTL: "10m", Wait: "5s",
+			Port: 25, Timeout: "30s", TTL: "6h", NegativeTTL: "10m", Wait: "5s", PerAddress: 2,
 		},
 		State: StateConfig{Path: "/var/lib/tlspolicyd/state.db", PinTTL: "720h", History: "2160h",
 			Redis: RedisConfig{KeyPrefix: "tlspolicyd:"}},

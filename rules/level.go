@@ -55,6 +55,11 @@ func (l Level) String() string {
 
 // ParseLevel parses a Postfix policy word, case-insensitively.
 func ParseLevel(s string) (Level, error) {
+	for l := LevelNone; l <= LevelDaneOnly; l++ {
+		if levelNames[l] == s { // as written by String, as pins keep it
+			return l, nil
+		}
+	}
 	w := strings.ToLower(strings.TrimSpace(s))
 	for l := LevelNone; l <= LevelDaneOnly; l++ {
 		if levelNames[l] == w {

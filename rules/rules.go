@@ -221,9 +221,11 @@ type Settings struct {
 	ProbeWait    time.Duration
 	ProbeCAFile  string
 	AllowPrivate bool
-	StatePath    string
-	PinTTL       time.Duration
-	HistoryTTL   time.Duration // decision history is kept this long
+	// ProbePerAddress bounds the probes talking to one MX address at once.
+	ProbePerAddress int
+	StatePath       string
+	PinTTL          time.Duration
+	HistoryTTL      time.Duration // decision history is kept this long
 	// Redis is the Redis a fleet shares state through (state.redis);
 	// Enabled() is false for a daemon on its own.
 	Redis RedisSettings

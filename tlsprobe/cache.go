@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/puzpuzpuz/xsync/v4"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
+
 	"github.com/hashicorp/golang-lru/v2/expirable"
 )
 
@@ -33,7 +36,9 @@ type CacheConfig struct {
 	// by Evidence.RefreshBy (0: DefaultDueTick; negative: never, for
 	// tests, which call startDue).
 	DueTick time.Duration
-	Now     func() time.Time
+	// Clock is the cache's time (nil: the system clock). A lookup that
+	// also reads pins on the same clock reads it once for both (RefAt).
+	Clock   *monoclock.Clock
 	Metrics *Metrics
 }
 
@@ -94,6 +99,8 @@ type Cache[V Evidence] struct {
 	due      dueQueue[V]
 	// lookups counts lookups by result, per shard (see lookupCounter).
 	lookups []lookupCounter
+	// clock is the time entries keep theirs on (see monoclock).
+	clock *monoclock.Clock
 }
 
 // shard holds successes and failures apart, each with its own TTL, so a
@@ -107,41 +114,49 @@ type Cache[V Evidence] struct {
 // Hits do not reorder the LRUs (that would take their lock), so a full
 // shard drops the result stored longest ago; a destination in use is
 // stored again at each refresh, three quarters into its TTL.
+//
+// index is an xsync.Map rather than a sync.Map: typed, it hashes a string
+// key without boxing it, and reads take half the time of a sync.Map's.
 type shard[V Evidence] struct {
-	index    sync.Map // key -> *entry[V]
+	index    *xsync.Map[string, *entry[V]]
 	mu       sync.Mutex
 	pos, neg *expirable.LRU[string, *entry[V]]
 }
 
 // load returns the entry of key, without a lock.
-func (s *shard[V]) load(key string) (*entry[V], bool) {
-	v, ok := s.index.Load(key)
-	if !ok {
-		return nil, false
-	}
-	return v.(*entry[V]), true
+func (s *shard[V]) load(key string) (*entry[V], bool) { return s.index.Load(key) }
+
+// drop deletes key from index if index holds e for it.
+func (s *shard[V]) drop(key string, e *entry[V]) {
+	s.index.Compute(key, func(cur *entry[V], loaded bool) (*entry[V], xsync.ComputeOp) {
+		if loaded && cur == e {
+			return nil, xsync.DeleteOp
+		}
+		return cur, xsync.CancelOp
+	})
 }
 
 // entry is an immutable cached result; a change replaces the entry. Only
-// read changes, once, from false to true.
+// read changes, once, from false to true. Its times are offsets on the
+// cache's clock.
 type entry[V Evidence] struct {
 	res       V
-	expires   time.Time
-	refreshAt time.Time // after this, a lookup starts a background refresh
+	expires   time.Duration
+	refreshAt time.Duration // after this, a lookup starts a background refresh
 	read      atomic.Bool
 }
 
 // newEntry is the entry of r for ttl, gathered at r.Gathered() (or now,
 // when r does not say), due for refresh at three quarters of ttl or at
 // r.RefreshBy(), whichever comes first.
-func newEntry[V Evidence](r V, now time.Time, ttl time.Duration) *entry[V] {
-	at := r.Gathered()
-	if at.IsZero() || at.After(now) {
-		at = now
+func (c *Cache[V]) newEntry(r V, now time.Duration, ttl time.Duration) *entry[V] {
+	at := now
+	if g := r.Gathered(); !g.IsZero() {
+		at = min(c.clock.At(g), now)
 	}
-	e := &entry[V]{res: r, expires: at.Add(ttl), refreshAt: at.Add(ttl * 3 / 4)}
-	if by := r.RefreshBy(); !by.IsZero() && by.Before(e.refreshAt) {
-		e.refreshAt = by
+	e := &entry[V]{res: r, expires: at + ttl, refreshAt: at + ttl*3/4}
+	if by := r.RefreshBy(); !by.IsZero() {
+		e.refreshAt = min(e.refreshAt, c.clock.At(by))
 	}
 	return e
 }
@@ -175,10 +190,11 @@ func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key st
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = DefaultMaxPending
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = monoclock.New(nil)
 	}
 	c := &Cache[V]{
+		clock:    cfg.Clock,
 		probe:    probe,
 		onResult: onResult,
 		cfg:      cfg,
@@ -197,9 +213,10 @@ func NewCache[V Evidence](probe Gather[V], cfg CacheConfig, onResult func(key st
 	c.perShard = per
 	for i := range c.shards {
 		s := &c.shards[i]
+		s.index = xsync.NewMap[string, *entry[V]]()
 		// Called under the LRU's lock: it must not touch the LRUs.
 		onEvict := func(key string, e *entry[V]) {
-			s.index.CompareAndDelete(key, e)
+			s.drop(key, e)
 			c.cfg.Metrics.evicted()
 		}
 		// The LRU's own expiry (wall clock) only frees memory; freshness
@@ -243,22 +260,37 @@ func (c *Cache[V]) Len() int {
 // Get returns the cached result for t without waiting; it starts a
 // background refresh when the result is due for one.
 func (c *Cache[V]) Get(t Target) (V, bool) {
+	if r := c.Ref(t); r != nil {
+		return *r, true
+	}
+	var zero V
+	return zero, false
+}
+
+// Ref is Get for the lookup path: it returns the cached result itself,
+// which the caller must not modify, or nil. A result is never changed once
+// cached (a new one replaces it), so the caller may keep reading it.
+func (c *Cache[V]) Ref(t Target) *V { return c.RefAt(t, c.clock.Now()) }
+
+// Clock is the cache's clock.
+func (c *Cache[V]) Clock() *monoclock.Clock { return c.clock }
+
+// RefAt is Ref at time now, read from the cache's clock.
+func (c *Cache[V]) RefAt(t Target, now time.Duration) *V {
 	key := t.Key()
 	i := shardOf(key)
-	now := c.cfg.Now()
 	e, ok := c.shards[i].load(key)
-	if !ok || !now.Before(e.expires) {
-		var zero V
-		return zero, false
+	if !ok || now >= e.expires {
+		return nil
 	}
 	e.markRead()
-	if !now.Before(e.refreshAt) {
+	if now >= e.refreshAt {
 		c.lookups[i].n[cacheStale].Add(1)
 		c.start(t, key)
 	} else {
 		c.lookups[i].n[cacheHit].Add(1)
 	}
-	return e.res, true
+	return &e.res
 }
 
 // Lookup returns the cached result for t or, on a miss, starts a probe and
@@ -289,7 +321,7 @@ func (c *Cache[V]) Lookup(ctx context.Context, t Target) (V, bool) {
 func (c *Cache[V]) Peek(t Target) (V, bool) {
 	key := t.Key()
 	e, ok := c.shard(key).load(key)
-	if !ok || !c.cfg.Now().Before(e.expires) {
+	if !ok || c.clock.Now() >= e.expires {
 		var zero V
 		return zero, false
 	}
@@ -299,12 +331,12 @@ func (c *Cache[V]) Peek(t Target) (V, bool) {
 // Keys returns the keys of every unexpired result, good or failed, in no
 // particular order.
 func (c *Cache[V]) Keys() []string {
-	now := c.cfg.Now()
+	now := c.clock.Now()
 	var keys []string
 	for i := range c.shards {
-		c.shards[i].index.Range(func(k, v any) bool {
-			if now.Before(v.(*entry[V]).expires) {
-				keys = append(keys, k.(string))
+		c.shards[i].index.Range(func(k string, v *entry[V]) bool {
+			if now < v.expires {
+				keys = append(keys, k)
 			}
 			return true
 		})
@@ -316,12 +348,12 @@ func (c *Cache[V]) Keys() []string {
 // key, in no particular order, until fn returns false; like Peek, it
 // starts nothing and counts nothing.
 func (c *Cache[V]) Range(fn func(key string, v V) bool) {
-	now := c.cfg.Now()
+	now := c.clock.Now()
 	for i := range c.shards {
 		more := true
-		c.shards[i].index.Range(func(k, v any) bool {
-			if e := v.(*entry[V]); now.Before(e.expires) {
-				more = fn(k.(string), e.res)
+		c.shards[i].index.Range(func(k string, e *entry[V]) bool {
+			if now < e.expires {
+				more = fn(k, e.res)
 			}
 			return more
 		})
@@ -336,8 +368,11 @@ func (c *Cache[V]) Range(fn func(key string, v V) bool) {
 // background, and a miss starts a probe whose result a later lookup finds.
 // A lookup that can answer without evidence (from a pin) calls it so that
 // the evidence stays fresh.
-func (c *Cache[V]) Prefetch(t Target) {
-	if _, ok := c.Get(t); ok {
+func (c *Cache[V]) Prefetch(t Target) { c.PrefetchAt(t, c.clock.Now()) }
+
+// PrefetchAt is Prefetch at time now, read from the cache's clock.
+func (c *Cache[V]) PrefetchAt(t Target, now time.Duration) {
+	if c.RefAt(t, now) != nil {
 		return
 	}
 	c.missed(t.Key())
@@ -408,22 +443,22 @@ func (c *Cache[V]) run(t Target, key string, f *flight[V]) {
 // kept, and the refresh retried after the negative TTL.
 func (c *Cache[V]) store(t Target, r V) {
 	key := t.Key()
-	now := c.cfg.Now()
+	now := c.clock.Now()
 	s := c.shard(key)
 	s.mu.Lock()
 	var e *entry[V]
 	switch old, ok := s.pos.Peek(key); {
 	case !r.Failed():
-		e = newEntry(r, now, c.cfg.TTL)
+		e = c.newEntry(r, now, c.cfg.TTL)
 		s.put(key, e, true)
-	case ok && now.Before(old.expires):
-		e = &entry[V]{res: old.res, expires: old.expires, refreshAt: now.Add(c.cfg.NegativeTTL)}
+	case ok && now < old.expires:
+		e = &entry[V]{res: old.res, expires: old.expires, refreshAt: now + c.cfg.NegativeTTL}
 		s.put(key, e, true)
 	default:
-		s.put(key, &entry[V]{res: r, expires: now.Add(c.cfg.NegativeTTL), refreshAt: now.Add(c.cfg.NegativeTTL)}, false)
+		s.put(key, &entry[V]{res: r, expires: now + c.cfg.NegativeTTL, refreshAt: now + c.cfg.NegativeTTL}, false)
 	}
 	s.mu.Unlock()
-	if e != nil && e.refreshAt.Before(e.expires) {
+	if e != nil && e.refreshAt < e.expires {
 		c.due.push(t, key, e)
 	}
 	c.cfg.Metrics.setEntries(c.Len())
@@ -451,7 +486,7 @@ func (s *shard[V]) put(key string, e *entry[V], good bool) {
 // restores the newest first keeps the newest. It reports whether r was
 // restored. Call UpdateMetrics after the last.
 func (c *Cache[V]) Restore(key string, r V) bool {
-	now := c.cfg.Now()
+	now := c.clock.Now()
 	ttl := c.cfg.TTL
 	if r.Failed() {
 		ttl = c.cfg.NegativeTTL
@@ -459,8 +494,8 @@ func (c *Cache[V]) Restore(key string, r V) bool {
 	if r.Gathered().IsZero() {
 		return false // no telling how old it is
 	}
-	e := newEntry(r, now, ttl)
-	if !now.Before(e.expires) {
+	e := c.newEntry(r, now, ttl)
+	if now >= e.expires {
 		return false
 	}
 	if r.Failed() {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/tlspolicyd/tlspolicyd/internal/monoclock"
 )
 
 // Lifetimes of the caches under test, on the fake clock.
@@ -115,7 +116,7 @@ func newTestCache(t *testing.T, f *fakeProbe, clock *fakeClock, cfg CacheConfig)
 	if cfg.NegativeTTL == 0 {
 		cfg.NegativeTTL = cacheNegTTL
 	}
-	cfg.Now = clock.Now
+	cfg.Clock = monoclock.New(clock.Now)
 	cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	c := NewCache(f.probe, cfg, nil)
 	t.Cleanup(c.Close)
@@ -591,11 +592,10 @@ func TestCacheIndexFollowsLRU(t *testing.T) {
 	for i := range c.shards {
 		s := &c.shards[i]
 		indexed := 0
-		s.index.Range(func(k, v any) bool {
+		s.index.Range(func(k string, e *entry[Report]) bool {
 			indexed++
-			e := v.(*entry[Report])
-			p, inPos := s.pos.Peek(k.(string))
-			n, inNeg := s.neg.Peek(k.(string))
+			p, inPos := s.pos.Peek(k)
+			n, inNeg := s.neg.Peek(k)
 			if !(inPos && p == e || inNeg && n == e) {
 				t.Errorf("shard %d: index holds %s, which neither LRU holds", i, k)
 			}
@@ -663,7 +663,7 @@ func publishedCache(t *testing.T, clock *fakeClock, ttl time.Duration, gathered 
 		gathered <- p
 		return p
 	}
-	c := NewCache(gather, CacheConfig{TTL: time.Hour, NegativeTTL: time.Minute, DueTick: -1, Now: clock.Now}, nil)
+	c := NewCache(gather, CacheConfig{TTL: time.Hour, NegativeTTL: time.Minute, DueTick: -1, Clock: monoclock.New(clock.Now)}, nil)
 	t.Cleanup(c.Close)
 	return c
 }

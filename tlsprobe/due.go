@@ -34,11 +34,11 @@ func (q *dueQueue[V]) push(t Target, key string, e *entry[V]) {
 }
 
 // popDue removes and returns the items due at now.
-func (q *dueQueue[V]) popDue(now time.Time) []dueItem[V] {
+func (q *dueQueue[V]) popDue(now time.Duration) []dueItem[V] {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var out []dueItem[V]
-	for len(q.items) > 0 && !now.Before(q.items[0].e.refreshAt) {
+	for len(q.items) > 0 && now >= q.items[0].e.refreshAt {
 		out = append(out, heap.Pop(&q.items).(dueItem[V]))
 	}
 	return out
@@ -54,7 +54,7 @@ func (q *dueQueue[V]) len() int {
 type dueHeap[V Evidence] []dueItem[V]
 
 func (h dueHeap[V]) Len() int           { return len(h) }
-func (h dueHeap[V]) Less(i, j int) bool { return h[i].e.refreshAt.Before(h[j].e.refreshAt) }
+func (h dueHeap[V]) Less(i, j int) bool { return h[i].e.refreshAt < h[j].e.refreshAt }
 func (h dueHeap[V]) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *dueHeap[V]) Push(x any)        { *h = append(*h, x.(dueItem[V])) }
 func (h *dueHeap[V]) Pop() any {
@@ -83,7 +83,7 @@ func (c *Cache[V]) startDueEvery(tick time.Duration) {
 // startDue starts the background refresh of every queued entry that is
 // due, still cached and read by a lookup since it was stored.
 func (c *Cache[V]) startDue() {
-	for _, it := range c.due.popDue(c.cfg.Now()) {
+	for _, it := range c.due.popDue(c.clock.Now()) {
 		if cur, ok := c.shard(it.key).load(it.key); ok && cur == it.e && it.e.read.Load() {
 			c.start(it.t, it.key)
 		}

@@ -20,6 +20,10 @@ type Metrics struct {
 	evictions prometheus.Counter
 	entries   prometheus.Gauge
 	dropped   prometheus.Counter
+	// MX host results (see Hosts).
+	hostProbes  *prometheus.CounterVec
+	hostResults *prometheus.CounterVec
+	reg         prometheus.Registerer
 }
 
 // NewMetrics creates and registers the collectors on reg.
@@ -41,7 +45,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		entries: f.NewGauge(prometheus.GaugeOpts{Name: "tlspolicyd_probe_cache_entries", Help: "Probe results in the cache."}),
 		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probe_queue_full_total",
 			Help: "Probes not started because the queue of waiting probes was full; those lookups got the floor."}),
+		hostProbes: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_host_probes_total",
+			Help: "STARTTLS sessions with one MX host address, by outcome cause (none: verified)."}, []string{"cause"}),
+		hostResults: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_host_results_total",
+			Help: "MX host results that destination probes used, by source: shared (another destination's, no connection) or probed."},
+			[]string{"source"}),
+		reg: reg,
 	}
+	for _, c := range Causes() {
+		m.hostProbes.WithLabelValues(c.String())
+	}
+	m.hostResults.WithLabelValues("shared")
+	m.hostResults.WithLabelValues("probed")
 	for _, c := range Causes() {
 		m.probes.WithLabelValues(c.String())
 	}
@@ -63,6 +78,33 @@ func (m *Metrics) probeDone(r Report) {
 		m.probes.WithLabelValues(r.Cause.String()).Inc()
 		m.duration.Observe(r.Duration.Seconds())
 	}
+}
+
+// countHosts registers the gauge of host results held, read from n at
+// scrape time.
+func (m *Metrics) countHosts(n func() int) {
+	if m != nil && m.reg != nil {
+		promauto.With(m.reg).NewGaugeFunc(prometheus.GaugeOpts{Name: "tlspolicyd_hosts_known",
+			Help: "MX host results held for sharing between destinations (one per host name, address and port)."},
+			func() float64 { return float64(n()) })
+	}
+}
+
+func (m *Metrics) hostProbed(r HostReport) {
+	if m != nil {
+		m.hostProbes.WithLabelValues(r.Cause.String()).Inc()
+	}
+}
+
+func (m *Metrics) hostResult(shared bool) {
+	if m == nil {
+		return
+	}
+	source := "probed"
+	if shared {
+		source = "shared"
+	}
+	m.hostResults.WithLabelValues(source).Inc()
 }
 
 func (m *Metrics) refusedPrivate() {

@@ -48,6 +48,10 @@ type Prober struct {
 	MaxHosts     int
 	MaxAddrs     int
 	Metrics      *Metrics // nil: no metrics
+	// Hosts, if set, shares host results between the domains a host
+	// serves and bounds how hard hosts and CPUs are worked (see Hosts);
+	// nil probes every host of every target afresh (`tlspolicyd probe`).
+	Hosts *Hosts
 }
 
 func (p *Prober) now() time.Time {
@@ -96,7 +100,14 @@ func (p *Prober) Probe(ctx context.Context, t Target) Report {
 	defer cancel()
 	p.Metrics.probeStarted()
 	r := p.probe(ctx, t)
+	// The evidence is as old as its oldest host result: the target is
+	// due again when that one is.
 	r.Target, r.ProbedAt, r.Duration = t, start, p.now().Sub(start)
+	for _, h := range r.Hosts {
+		if !h.ProbedAt.IsZero() && h.ProbedAt.Before(r.ProbedAt) {
+			r.ProbedAt = h.ProbedAt
+		}
+	}
 	p.Metrics.probeDone(r)
 	return r
 }
@@ -164,16 +175,29 @@ func (p *Prober) probeHost(ctx context.Context, mx dnsclient.MX, port int) []Hos
 	addrs = pickAddrs(addrs, orDefault(p.MaxAddrs, DefaultMaxAddrs))
 	out := make([]HostReport, 0, len(addrs))
 	for _, a := range addrs {
-		out = append(out, p.probeAddr(ctx, mx.Host, mx.Pref, netip.AddrPortFrom(a, uint16(port))))
+		r := p.hostResult(ctx, mx.Host, netip.AddrPortFrom(a, uint16(port)))
+		r.Preference = mx.Pref // the domain's, not the host's
+		out = append(out, r)
 	}
 	return out
+}
+
+// hostResult is host's result at addr: shared through Hosts when set.
+func (p *Prober) hostResult(ctx context.Context, host string, addr netip.AddrPort) HostReport {
+	if p.Hosts == nil {
+		return p.probeAddr(ctx, host, 0, addr)
+	}
+	r, _ := p.Hosts.result(ctx, host, addr, func(ctx context.Context) HostReport { return p.probeAddr(ctx, host, 0, addr) })
+	return r
 }
 
 func (p *Prober) hostAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
 	}
-	return p.Resolver.LookupAddrs(ctx, host)
+	return p.Hosts.lookupAddrs(ctx, host, func(ctx context.Context) ([]netip.Addr, error) {
+		return p.Resolver.LookupAddrs(ctx, host)
+	})
 }
 
 // pickAddrs takes at most n addresses, alternating families so that a host

@@ -108,6 +108,44 @@ type Target struct {
 	Name   string // lower-case A-label domain or host name, or an IP literal
 	Direct bool   // probe Name itself, skipping the MX lookup
 	Port   int
+	// key is what Key returns, when known without building it (see
+	// KeyedBy); "" otherwise.
+	key string
+}
+
+// KeyedBy returns t with s as its known key if s is what Key would build
+// (checked without allocating), else t as it is. A lookup of "[host]:port"
+// holds that very text already: with it, Key neither concatenates nor
+// allocates on the lookup path.
+func (t Target) KeyedBy(s string) Target {
+	if !t.Direct && t.Port == 0 {
+		return t // Key is Name: nothing to build
+	}
+	if t.buildsKey(s) {
+		t.key = s
+	}
+	return t
+}
+
+// buildsKey reports whether Key, building, would return s.
+func (t Target) buildsKey(s string) bool {
+	if t.Direct {
+		if len(s) < len(t.Name)+2 || s[0] != '[' || s[1:1+len(t.Name)] != t.Name || s[1+len(t.Name)] != ']' {
+			return false
+		}
+		s = s[len(t.Name)+2:]
+	} else {
+		if len(s) < len(t.Name) || s[:len(t.Name)] != t.Name {
+			return false
+		}
+		s = s[len(t.Name):]
+	}
+	if t.Port == 0 {
+		return s == ""
+	}
+	var port [24]byte
+	p := strconv.AppendInt(append(port[:0], ':'), int64(t.Port), 10)
+	return s == string(p) // the comparison does not allocate
 }
 
 // Clone returns t with a copy of its name, for keeping a target whose name
@@ -120,6 +158,9 @@ func (t Target) Clone() Target {
 
 // Key is the cache key of a target.
 func (t Target) Key() string {
+	if t.key != "" {
+		return t.key
+	}
 	k := t.Name
 	if t.Direct {
 		k = "[" + k + "]"
@@ -148,6 +189,9 @@ type HostReport struct {
 	Cause      Cause          // why it is not CapVerify; CauseNone when it is
 	Detail     string         // the error text behind Cause
 	Duration   time.Duration
+	// ProbedAt is when this host was probed: a result shared between the
+	// domains the host serves may be older than the domain's probe.
+	ProbedAt time.Time
 }
 
 // Version returns the negotiated TLS version's name, e.g. "TLSv1.2".

@@ -139,7 +139,7 @@ func hasExtension(lines []string, keyword string) bool {
 // not verify".
 func (p *Prober) probeAddr(ctx context.Context, host string, pref uint16, addr netip.AddrPort) (h HostReport) {
 	start := p.now()
-	h = HostReport{Host: host, Preference: pref, Addr: addr}
+	h = HostReport{Host: host, Preference: pref, Addr: addr, ProbedAt: start}
 	defer func() { h.Duration = p.now().Sub(start) }()
 	if !p.AllowPrivate && !dnsclient.IsPublic(addr.Addr()) {
 		h.Cause, h.Detail = CausePrivateAddress, addr.Addr().String()+privateRefusedDetail
@@ -217,7 +217,7 @@ func (p *Prober) converse(ctx context.Context, h *HostReport, addr netip.AddrPor
 
 	tc := tls.Client(conn, p.tlsConfig(h.Host))
 	hctx, cancel := context.WithTimeout(ctx, p.step())
-	err = tc.HandshakeContext(hctx)
+	err = p.withCPU(hctx, func() error { return tc.HandshakeContext(hctx) })
 	cancel()
 	if err != nil {
 		h.Capability = CapNone
@@ -235,11 +235,23 @@ func (p *Prober) converse(ctx context.Context, h *HostReport, addr netip.AddrPor
 		return fail(CauseOldTLS, "negotiated %s, below %s", VersionName(st.Version), VersionName(p.minVersion()))
 	}
 	h.Capability = CapEncrypt
-	if err := p.checkCertificate(h, st.PeerCertificates); err != nil {
+	if err := p.withCPU(ctx, func() error { return p.checkCertificate(h, st.PeerCertificates) }); err != nil {
 		return err
 	}
 	h.Capability = CapVerify
 	return nil
+}
+
+// withCPU runs the CPU-heavy step f (a handshake, a chain check) in one of
+// the handshake slots that Hosts bounds, so that probes never take every
+// CPU from lookups; without Hosts, at once.
+func (p *Prober) withCPU(ctx context.Context, f func() error) error {
+	release, err := p.Hosts.handshake(ctx)
+	if err != nil {
+		return &probeError{cause: netCause(err), err: fmt.Errorf("waiting for a handshake slot: %w", err)}
+	}
+	defer release()
+	return f()
 }
 
 // quit ends the TLS session politely; its outcome does not matter.

@@ -303,16 +303,20 @@ func (o *observed) checkDestinationPages(t *testing.T) {
 		"mx1.verified.test": {"127.0.0.81", "yes", "TLSv1.3"},
 		"mx2.verified.test": {"127.0.0.82", "yes", "TLSv1.2"},
 	} {
-		i := slices.IndexFunc(hosts, func(r []string) bool { return len(r) >= 7 && r[0] == host })
+		// host, address, probed, STARTTLS, TLS, cipher, certificate, error
+		i := slices.IndexFunc(hosts, func(r []string) bool { return len(r) >= 8 && r[0] == host })
 		if i < 0 {
 			t.Errorf("GET /d/verified.test: MX hosts %q, no row for %s", hosts, host)
 			continue
 		}
 		row := hosts[i]
-		if !slices.Equal(row[1:4], want) || row[4] == "" {
+		if got := []string{row[1], row[3], row[4]}; !slices.Equal(got, want) || row[5] == "" {
 			t.Errorf("GET /d/verified.test: MX host %s: %q, want address, STARTTLS, TLS %q and a cipher", host, row, want)
 		}
-		cert := row[5]
+		if probed, err := time.Parse(time.RFC3339, row[2]); err != nil || time.Since(probed) > time.Minute {
+			t.Errorf("GET /d/verified.test: MX host %s: probed %q, want when the host was probed (RFC 3339, just now)", host, row[2])
+		}
+		cert := row[6]
 		leaf := o.leaf[host]
 		for _, s := range []string{leaf.Subject.String(), o.issuer, leaf.NotAfter.UTC().Format(time.RFC3339), "chain valid", "name matches"} {
 			if !strings.Contains(cert, s) {
@@ -335,7 +339,7 @@ func (o *observed) checkDestinationPages(t *testing.T) {
 		}
 	}
 	hosts = tableRows(sectionTable(t, page, "MX hosts"))
-	if len(hosts) != 1 || len(hosts[0]) < 7 || hosts[0][0] != "mx.nostarttls.test" || hosts[0][2] != "no" || hosts[0][3] != "" || hosts[0][6] == "" {
+	if len(hosts) != 1 || len(hosts[0]) < 8 || hosts[0][0] != "mx.nostarttls.test" || hosts[0][3] != "no" || hosts[0][4] != "" || hosts[0][7] == "" {
 		t.Errorf("GET /d/nostarttls.test: MX hosts %q, want mx.nostarttls.test without STARTTLS or TLS, with an error", hosts)
 	}
 	if code, _ := o.d.status(t, "/d/nosuch..name", nil); code != http.StatusBadRequest && code != http.StatusNotFound {
