@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tlspolicyd/tlspolicyd/rules"
 	"github.com/tlspolicyd/tlspolicyd/state"
 	"github.com/tlspolicyd/tlspolicyd/tlsprobe"
 )
@@ -59,5 +60,21 @@ func TestFleetPinBounds(t *testing.T) {
 	l.MergePin(state.Pin{Key: "ok.example", Level: "verify", LastSeen: now, Expires: now.Add(time.Hour)})
 	if got := len(b.list()); got != 1 {
 		t.Errorf("%d pins taken, want 1 (ok.example): %+v", got, b.list())
+	}
+}
+
+// TestRestartOnlyRedis: a reload that changes state.redis says a restart
+// applies it (the fleet link is built once, at start).
+func TestRestartOnlyRedis(t *testing.T) {
+	t.Parallel()
+	before := rules.Settings{Redis: rules.RedisSettings{Addrs: []string{"10.0.0.1:6379"}, KeyPrefix: "tlspolicyd:"}}
+	after := before
+	after.Redis.Password = "rotated"
+	msgs := restartOnly(before, after)
+	if len(msgs) != 1 || msgs[0] != "state.redis changed: restart to apply" {
+		t.Errorf("restartOnly = %q, want state.redis changed: restart to apply", msgs)
+	}
+	if msgs := restartOnly(before, before); len(msgs) != 0 {
+		t.Errorf("restartOnly of equal settings = %q", msgs)
 	}
 }
