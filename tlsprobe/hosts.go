@@ -148,7 +148,8 @@ func (h *Hosts) fresh(r HostReport, now time.Time) bool {
 
 // result returns host's result at addr: a fresh one held, or one that
 // probe gets now, once for everybody asking at the same time. shared
-// reports that it came from the results held, with no connection.
+// reports that the caller made no connection: the result was held, or
+// another caller's probe got it.
 func (h *Hosts) result(ctx context.Context, host string, addr netip.AddrPort, probe func(context.Context) HostReport) (r HostReport, shared bool) {
 	k := hostKey{host, addr}
 	for {
@@ -171,8 +172,8 @@ func (h *Hosts) result(ctx context.Context, host string, addr netip.AddrPort, pr
 		select {
 		case <-f.done:
 			if f.kept {
-				h.cfg.Metrics.hostResult(false)
-				return f.res, false
+				h.cfg.Metrics.hostResult(true)
+				return f.res, true
 			}
 			// The probe ended with its caller: ask again.
 		case <-ctx.Done():

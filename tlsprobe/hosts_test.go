@@ -77,6 +77,9 @@ func TestHostsShareOneMX(t *testing.T) {
 	if p.Hosts.Len() != 1 {
 		t.Errorf("hosts known: %d, want 1", p.Hosts.Len())
 	}
+	if got := testutil.ToFloat64(p.Metrics.shared); got != 199 {
+		t.Errorf("tlspolicyd_probes_shared_total = %v, want 199 (every domain but the one whose probe made the connection)", got)
+	}
 }
 
 // The every-MX rule holds across shared results: a domain whose second MX

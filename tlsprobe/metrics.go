@@ -23,6 +23,7 @@ type Metrics struct {
 	// MX host results (see Hosts).
 	hostProbes  *prometheus.CounterVec
 	hostResults *prometheus.CounterVec
+	shared      prometheus.Counter
 	reg         prometheus.Registerer
 }
 
@@ -50,6 +51,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		hostResults: f.NewCounterVec(prometheus.CounterOpts{Name: "tlspolicyd_host_results_total",
 			Help: "MX host results that destination probes used, by source: shared (another destination's, no connection) or probed."},
 			[]string{"source"}),
+		shared: f.NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_probes_shared_total",
+			Help: "Destination probes answered entirely from MX host results shared with other destinations (no connection)."}),
 		reg: reg,
 	}
 	for _, c := range Causes() {
@@ -93,6 +96,12 @@ func (m *Metrics) countHosts(n func() int) {
 func (m *Metrics) hostProbed(r HostReport) {
 	if m != nil {
 		m.hostProbes.WithLabelValues(r.Cause.String()).Inc()
+	}
+}
+
+func (m *Metrics) probeShared() {
+	if m != nil {
+		m.shared.Inc()
 	}
 }
 

@@ -103,10 +103,15 @@ func (p *Prober) Probe(ctx context.Context, t Target) Report {
 	// The evidence is as old as its oldest host result: the target is
 	// due again when that one is.
 	r.Target, r.ProbedAt, r.Duration = t, start, p.now().Sub(start)
+	shared := len(r.Hosts) > 0
 	for _, h := range r.Hosts {
 		if !h.ProbedAt.IsZero() && h.ProbedAt.Before(r.ProbedAt) {
 			r.ProbedAt = h.ProbedAt
 		}
+		shared = shared && h.shared
+	}
+	if shared {
+		p.Metrics.probeShared()
 	}
 	p.Metrics.probeDone(r)
 	return r
@@ -187,7 +192,8 @@ func (p *Prober) hostResult(ctx context.Context, host string, addr netip.AddrPor
 	if p.Hosts == nil {
 		return p.probeAddr(ctx, host, 0, addr)
 	}
-	r, _ := p.Hosts.result(ctx, host, addr, func(ctx context.Context) HostReport { return p.probeAddr(ctx, host, 0, addr) })
+	r, shared := p.Hosts.result(ctx, host, addr, func(ctx context.Context) HostReport { return p.probeAddr(ctx, host, 0, addr) })
+	r.shared = shared
 	return r
 }
 

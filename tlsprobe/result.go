@@ -192,6 +192,9 @@ type HostReport struct {
 	// ProbedAt is when this host was probed: a result shared between the
 	// domains the host serves may be older than the domain's probe.
 	ProbedAt time.Time
+	// shared reports that this probe took the result from Hosts, with no
+	// connection (for the metrics; not kept).
+	shared bool
 }
 
 // Version returns the negotiated TLS version's name, e.g. "TLSv1.2".

@@ -143,6 +143,9 @@ func TestSharedMXHost(t *testing.T) {
 	if n := d.metric(t, "tlspolicyd_host_results_total", map[string]string{"source": "shared"}); n < 1000 {
 		t.Errorf("tlspolicyd_host_results_total{source=shared} = %v, want at least 1000 (1,100 host results, a few probed)", n)
 	}
+	if n := d.metric(t, "tlspolicyd_probes_shared_total", nil); n < 997 {
+		t.Errorf("tlspolicyd_probes_shared_total = %v, want at least 997 (every domain but those whose probe connected)", n)
+	}
 	if n := d.metric(t, "tlspolicyd_hosts_known", nil); n != 2 {
 		t.Errorf("tlspolicyd_hosts_known = %v, want 2", n)
 	}
