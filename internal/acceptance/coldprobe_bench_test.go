@@ -2,10 +2,13 @@ package acceptance
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -178,36 +181,89 @@ destinations:
 
 // ruleOnlyLatencies looks up a destination a rule answers, one request at
 // a time on one connection, while more(elapsed) holds, or for window if it
-// is not 0, and returns each lookup's latency.
+// is not 0, and returns each lookup's latency. The lookups are made by a
+// process of their own (this test binary again, see latencyClient, on one
+// CPU thread), so that what they measure is the daemon, not this process's
+// fake servers and clients, whose goroutines would queue before them.
 func ruleOnlyLatencies(b *testing.B, addr, want string, more func(time.Duration) bool, window time.Duration) []time.Duration {
-	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), latencyClientEnv+"="+addr+" "+want, "GOMAXPROCS=1")
+	stop, err := cmd.StdinPipe()
 	if err != nil {
-		b.Error(err)
-		return nil
+		b.Fatal(err)
 	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	req := []byte(fmt.Sprintf("%d:tlspolicy ruled.bench.test,", len("tlspolicy ruled.bench.test")))
-	var lat []time.Duration
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
 	start := time.Now()
 	for {
 		elapsed := time.Since(start)
 		if window > 0 && elapsed >= window || window == 0 && !more(elapsed) {
-			return lat
+			break
 		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop.Close()
+	if err := cmd.Wait(); err != nil {
+		b.Errorf("latency client: %v: %s", err, errOut.String())
+		return nil
+	}
+	var lat []time.Duration
+	for line := range strings.Lines(out.String()) {
+		ns, err := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+		if err != nil {
+			b.Errorf("latency client: %q: %v", line, err)
+			return nil
+		}
+		lat = append(lat, time.Duration(ns))
+	}
+	return lat
+}
+
+// latencyClientEnv, set to "ADDR WANT", makes the test binary the client
+// of ruleOnlyLatencies: it looks up ruled.bench.test at ADDR until its
+// standard input closes, checks each reply is WANT, and writes each
+// lookup's latency in nanoseconds, one a line.
+const latencyClientEnv = "TLSPOLICYD_LATENCY_CLIENT"
+
+func latencyClient(spec string) int {
+	addr, want, _ := strings.Cut(spec, " ")
+	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	var done atomic.Bool
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		done.Store(true)
+	}()
+	r := bufio.NewReader(c)
+	req := []byte(fmt.Sprintf("%d:tlspolicy ruled.bench.test,", len("tlspolicy ruled.bench.test")))
+	lat := make([]time.Duration, 0, 1<<16)
+	for !done.Load() {
 		t0 := time.Now()
 		c.SetDeadline(t0.Add(ioTimeout))
 		if _, err := c.Write(req); err != nil {
-			b.Error(err)
-			return lat
+			fmt.Fprintln(os.Stderr, err)
+			return 1
 		}
 		reply, err := readNetstring(r, 100000)
 		if err != nil || reply != want {
-			b.Errorf("rule-only lookup: %q, %v; want %q", reply, err, want)
-			return lat
+			fmt.Fprintf(os.Stderr, "rule-only lookup: %q, %v; want %q\n", reply, err, want)
+			return 1
 		}
 		lat = append(lat, time.Since(t0))
 	}
+	w := bufio.NewWriter(os.Stdout)
+	for _, d := range lat {
+		fmt.Fprintln(w, int64(d))
+	}
+	w.Flush()
+	return 0
 }
 
 // lookupUntil looks key up on a connection of its own until the answer is
