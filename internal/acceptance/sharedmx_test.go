@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,29 +18,10 @@ import (
 
 // sharedMXConfig is the daemon configuration of the shared-MX tests:
 // probeConfig's, with upgrade verify and probe.ttl ttl.
-func sharedMXConfig(w *world, ttl time.Duration) string {
-	return fmt.Sprintf(`listen:
-  socketmap: @SOCKETMAP@
-  http: @HTTP@
-dns:
-  servers: [%q]
-  timeout: 2s
-probe:
-  port: %d
-  helo: probe.test
-  timeout: %s
-  wait: %s
-  ttl: %s
-  ca_file: %q
-  allow_private: true
-state:
-  path: @DIR@/state.db
-mtasts:
-  enabled: false
-defaults:
-  level: may
-  upgrade: verify
-`, w.dns.Addr(), w.port, probeTimeout, probeWait, ttl, w.caFile)
+func sharedMXConfig(t *testing.T, w *world, ttl time.Duration) string {
+	t.Helper()
+	config := w.probeConfig(t, "defaults:\n  level: may\n  upgrade: verify\n")
+	return strings.Replace(config, "\n  wait: ", fmt.Sprintf("\n  ttl: %s\n  wait: ", ttl), 1)
 }
 
 // askAll looks every key up on conns socketmap connections until each
@@ -112,7 +94,7 @@ func TestSharedMXHost(t *testing.T) {
 		}
 		keys = append(keys, name)
 	}
-	d := startDaemon(t, sharedMXConfig(w, time.Hour))
+	d := startDaemon(t, sharedMXConfig(t, w, time.Hour))
 	addr := d.listen["socketmap"]
 	// Until its probe is in, a domain answers the floor; then verify, or
 	// the floor for good: the metric says when every probe is done, and
@@ -181,7 +163,7 @@ func TestSharedMXCertificateChange(t *testing.T) {
 		w.dns.AddMX(k, 10, "mx.renew.test")
 	}
 	const ttl = 4 * time.Second
-	d := startDaemon(t, sharedMXConfig(w, ttl))
+	d := startDaemon(t, sharedMXConfig(t, w, ttl))
 	askAll(t, d.listen["socketmap"], keys, 3, func(_, a string) bool { return a == "OK "+verify })
 	notAfter := func(key string) time.Time {
 		var v struct {
