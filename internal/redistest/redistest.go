@@ -7,10 +7,12 @@ package redistest
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,7 +116,9 @@ func (s *Server) start(addr string) error {
 			return fmt.Errorf("redis-server exited at start")
 		default:
 		}
-		if ping(addr) == nil {
+		// The server answering must be this one: another test's may have
+		// taken the port meanwhile (this one then exits, unable to bind).
+		if pid, err := processID(addr); err == nil && pid == s.cmd.Process.Pid {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -162,24 +166,39 @@ func (s *Server) Do(command ...string) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
-func ping(addr string) error {
+// processID asks the server at addr for its process ID (INFO server).
+func processID(addr string) (int, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write(resp("PING")); err != nil {
-		return err
+	if _, err := c.Write(append(resp("AUTH", Password), resp("INFO", "server")...)); err != nil {
+		return 0, err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+		return 0, fmt.Errorf("AUTH: %q %v", line, err)
 	}
-	if !strings.HasPrefix(line, "-NOAUTH") && !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("PING: %q", line)
+	head, err := r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(head, "$") {
+		return 0, fmt.Errorf("INFO: %q %v", head, err)
 	}
-	return nil
+	n, err := strconv.Atoi(strings.TrimSpace(head[1:]))
+	if err != nil || n < 0 || n > 1<<20 {
+		return 0, fmt.Errorf("INFO: %q", head)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, fmt.Errorf("INFO server names no process_id")
 }
 
 func resp(args ...string) []byte {
