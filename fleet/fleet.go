@@ -105,6 +105,7 @@ type Fleet struct {
 	mu      sync.Mutex
 	tombs   map[string]time.Time         // key -> the latest removal heard of
 	waiters map[string][]*findingsWaiter // key -> probes waiting for a peer's findings
+	rewrite map[kindKey]struct{}         // written part way: the next full comparison writes them again
 
 	up       atomic.Bool
 	warned   atomic.Bool // the current outage was logged
@@ -135,6 +136,12 @@ func (k keys) hash(kind byte) string {
 }
 func (k keys) index(kind byte) string  { return k.hash(kind) + ":seq" }
 func (k keys) lease(key string) string { return k.prefix + "lease:" + key }
+
+// kindKey names a value in Redis.
+type kindKey struct {
+	kind byte
+	key  string
+}
 
 // op is one change for the writer.
 type op struct {
@@ -172,6 +179,7 @@ func New(cfg Config) *Fleet {
 		cfg: cfg, rdb: redis.NewUniversalClient(opts), node: hex.EncodeToString(id[:]), log: cfg.Logger, m: cfg.Metrics,
 		keys: keys{prefix: p, seq: p + "seq", epoch: p + "epoch", nodes: p + "nodes", channel: p + "events", history: p + "history"},
 		q:    make(chan op, queueLen), tombs: map[string]time.Time{}, waiters: map[string][]*findingsWaiter{},
+		rewrite: map[kindKey]struct{}{},
 	}
 }
 
@@ -269,31 +277,31 @@ func (f *Fleet) take(batch []op) []op {
 	return batch
 }
 
-// send writes a batch: a sequence number for each stored change (so that
-// the reconcilers of the others find it), the values, the releases, and
-// a message each.
+// send writes a batch: the values, then a sequence number for each
+// stored change (so that the reconcilers of the others find it), the
+// releases, and a message each.
 func (f *Fleet) send(batch []op) {
 	if len(batch) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	var n int64
+	var stored []op
 	for _, o := range batch {
 		if o.store {
-			n++
+			stored = append(stored, o)
 		}
 	}
-	var seq int64
-	if n > 0 {
-		end, err := f.rdb.IncrBy(ctx, f.keys.seq, n).Result()
+	pipe := f.rdb.Pipeline()
+	if len(stored) > 0 {
+		seq, err := f.store(ctx, stored)
 		if err != nil {
+			f.unindexed(stored)
 			f.trouble("write", err)
 			return
 		}
-		seq = end - n
+		f.index(ctx, pipe, stored, seq)
 	}
-	pipe := f.rdb.Pipeline()
 	for _, o := range batch {
 		if o.release {
 			pipe.Del(ctx, f.keys.lease(o.key))
@@ -304,15 +312,11 @@ func (f *Fleet) send(batch []op) {
 				Values: []any{"n", f.node, "d", o.value}})
 			continue
 		}
-		if o.store {
-			seq++
-			pipe.HSet(ctx, f.keys.hash(o.kind), o.key, o.value)
-			pipe.ZAdd(ctx, f.keys.index(o.kind), redis.Z{Score: float64(seq), Member: o.key})
-		}
 		pipe.Publish(ctx, f.keys.channel, message{kind: o.kind, node: f.node, key: o.key, value: o.value}.encode())
 	}
 	f.m.ops.WithLabelValues("write").Inc()
 	if _, err := pipe.Exec(ctx); err != nil {
+		f.unindexed(stored)
 		f.trouble("write", err)
 		return
 	}
@@ -320,6 +324,52 @@ func (f *Fleet) send(batch []op) {
 		if !o.release {
 			f.m.published.WithLabelValues(kindName(o.kind)).Inc()
 		}
+	}
+}
+
+// store writes the values of changes and only then takes their sequence
+// numbers, returning the one before the first. A reconciler reads the
+// sequence before it compares everything and pulls after it from then
+// on, so every value numbered up to what it read must already be in the
+// hash: had the numbers come first (as they once did), a value numbered
+// just before that read but written just after the comparison went past
+// its key was lost to that daemon until its next full comparison. (One
+// round trip after another, not a transaction: in a cluster the hash and
+// the counter may live on different nodes.)
+func (f *Fleet) store(ctx context.Context, ops []op) (int64, error) {
+	pipe := f.rdb.Pipeline()
+	for _, o := range ops {
+		pipe.HSet(ctx, f.keys.hash(o.kind), o.key, o.value)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, err
+	}
+	n := int64(len(ops))
+	end, err := f.rdb.IncrBy(ctx, f.keys.seq, n).Result()
+	if err != nil {
+		return 0, err
+	}
+	return end - n, nil
+}
+
+// index queues on pipe the index entries of changes stored by store,
+// numbered after seq.
+func (f *Fleet) index(ctx context.Context, pipe redis.Pipeliner, ops []op, seq int64) {
+	for _, o := range ops {
+		seq++
+		pipe.ZAdd(ctx, f.keys.index(o.kind), redis.Z{Score: float64(seq), Member: o.key})
+	}
+}
+
+// unindexed notes changes whose write failed part way: their values may
+// be in Redis without an index entry, where the others' pulls do not find
+// them and a full comparison, finding them equal, would not write them
+// again. The next full comparison writes them again.
+func (f *Fleet) unindexed(ops []op) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, o := range ops {
+		f.rewrite[kindKey{o.kind, o.key}] = struct{}{}
 	}
 }
 

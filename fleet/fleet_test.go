@@ -2,13 +2,16 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tlspolicyd/tlspolicyd/internal/redistest"
 	"github.com/tlspolicyd/tlspolicyd/rules"
@@ -253,4 +256,134 @@ func TestFleetLease(t *testing.T) {
 	if _, err := a.Lease(ctx, "other.test"); err == nil {
 		t.Error("Lease with Redis down: no error; want one (probe locally)")
 	}
+}
+
+// stallAfterSeq is a hook on a daemon's Redis client: once a command or
+// pipeline that takes sequence numbers (INCRBY) has been answered, it
+// signals taken and holds the pipelines that write the pins' hash or
+// index until release is closed: a write in flight, between its
+// sequence numbers and the rest, as a slow or preempted writer leaves it.
+type stallAfterSeq struct {
+	prefix  string
+	taken   chan struct{}
+	release chan struct{}
+	once    sync.Once
+	seen    atomic.Bool
+}
+
+func (h *stallAfterSeq) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *stallAfterSeq) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "incrby" && err == nil {
+			h.seen.Store(true)
+			h.once.Do(func() { close(h.taken) })
+		}
+		return err
+	}
+}
+
+func (h *stallAfterSeq) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		stall := false
+		for _, c := range cmds {
+			if len(c.Args()) > 1 {
+				k, _ := c.Args()[1].(string)
+				stall = stall || k == h.prefix+"pins" || k == h.prefix+"pins:seq"
+			}
+		}
+		if stall && h.seen.Load() {
+			select {
+			case <-h.release:
+			case <-ctx.Done():
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestFleetFullSyncInFlight: a daemon that compares everything while
+// another's write is in flight (its sequence number taken, its value not
+// yet in Redis) still gets the value. The write here is b's write-back of
+// a full comparison, which publishes nothing: a's pulls must find it.
+func TestFleetFullSyncInFlight(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.Options{})
+	b := New(Config{
+		Redis:  rules.RedisSettings{Addrs: []string{srv.Addr}, Password: redistest.Password, KeyPrefix: "tlspolicyd:"},
+		PinTTL: 24 * time.Hour, FindingsTTL: time.Hour, Lease: 3 * time.Second, Interval: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
+	})
+	h := &stallAfterSeq{prefix: "tlspolicyd:", taken: make(chan struct{}), release: make(chan struct{})}
+	b.rdb.AddHook(h)
+	lb := newFakeLocal()
+	q := newPin("other.test", "encrypt", time.Now())
+	lb.MergePin(q)
+	b.Start(lb) // its first full comparison writes q back
+	t.Cleanup(func() { b.Close() })
+	defer func() {
+		select {
+		case <-h.release:
+		default:
+			close(h.release)
+		}
+	}()
+	select {
+	case <-h.taken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("b took no sequence number")
+	}
+	a, la := startFleet(t, srv.Addr)
+	eventually(t, 5*time.Second, "a connected", func() bool { return a.Status().Connected })
+	close(h.release)
+	eventually(t, 3*time.Second, "a has b's pin", func() bool { return la.level("other.test") == "encrypt" })
+}
+
+// failIndexOnce is a hook on a daemon's Redis client that fails, without
+// sending it, the first pipeline that writes the pins' index: a write cut
+// off after its value and sequence number, before its index entry.
+type failIndexOnce struct {
+	key    string
+	failed atomic.Bool
+}
+
+func (h *failIndexOnce) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failIndexOnce) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *failIndexOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			if c.Name() != "zadd" || len(c.Args()) < 2 {
+				continue
+			}
+			if k, _ := c.Args()[1].(string); k == h.key && h.failed.CompareAndSwap(false, true) {
+				return errors.New("connection lost (test)")
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestFleetPartialWrite: a write-back whose value reached Redis but whose
+// index entry did not is written again, so that a daemon that compared
+// everything before it (and now only pulls) gets it.
+func TestFleetPartialWrite(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.Options{})
+	a, la := startFleet(t, srv.Addr)
+	eventually(t, 5*time.Second, "a connected", func() bool { return a.Status().Connected })
+	b := New(Config{
+		Redis:  rules.RedisSettings{Addrs: []string{srv.Addr}, Password: redistest.Password, KeyPrefix: "tlspolicyd:"},
+		PinTTL: 24 * time.Hour, FindingsTTL: time.Hour, Lease: 3 * time.Second, Interval: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
+	})
+	h := &failIndexOnce{key: "tlspolicyd:pins:seq"}
+	b.rdb.AddHook(h)
+	lb := newFakeLocal()
+	lb.MergePin(newPin("other.test", "encrypt", time.Now()))
+	b.Start(lb)
+	t.Cleanup(func() { b.Close() })
+	eventually(t, 5*time.Second, "b's write cut off", h.failed.Load)
+	eventually(t, 3*time.Second, "a has b's pin", func() bool { return la.level("other.test") == "encrypt" })
 }

@@ -172,8 +172,22 @@ func (f *Fleet) read(ctx context.Context, kind byte, keys []string) error {
 // (pins merged, newer findings taken), and what this daemon has that
 // Redis lacks, or that beats Redis's copy, is written back. Records that
 // expired are removed from Redis.
-func (f *Fleet) fullSync(ctx context.Context) error {
+func (f *Fleet) fullSync(ctx context.Context) (err error) {
 	now := f.cfg.Now()
+	// What was written part way is written again, whatever Redis has.
+	f.mu.Lock()
+	rewrite := f.rewrite
+	f.rewrite = map[kindKey]struct{}{}
+	f.mu.Unlock()
+	defer func() {
+		if err != nil {
+			f.mu.Lock()
+			for k := range rewrite {
+				f.rewrite[k] = struct{}{}
+			}
+			f.mu.Unlock()
+		}
+	}()
 	inRedis := map[string]bool{}
 	var stale []string
 	type keyed struct {
@@ -181,7 +195,7 @@ func (f *Fleet) fullSync(ctx context.Context) error {
 		r   Record
 	}
 	var back []keyed // records that say more than Redis's
-	err := f.scan(ctx, kindPin, func(key string, value []byte) {
+	err = f.scan(ctx, kindPin, func(key string, value []byte) {
 		r, err := decodeRecord(key, value)
 		if err != nil {
 			f.invalid("pin", err)
@@ -192,7 +206,8 @@ func (f *Fleet) fullSync(ctx context.Context) error {
 			return
 		}
 		inRedis[key] = true
-		if merged := f.mergePin(key, r); !Same(merged, r) {
+		_, again := rewrite[kindKey{kindPin, key}]
+		if merged := f.mergePin(key, r); again || !Same(merged, r) {
 			back = append(back, keyed{key, merged})
 		}
 	})
@@ -254,7 +269,9 @@ func (f *Fleet) fullSync(ctx context.Context) error {
 	}
 	var werr error
 	f.local.Findings(func(key string, version time.Time) bool {
-		return werr == nil && version.After(versions[key]) && now.Sub(version) < f.cfg.FindingsTTL
+		_, again := rewrite[kindKey{kindFindings, key}]
+		newer := version.After(versions[key]) || again && version.Equal(versions[key])
+		return werr == nil && newer && now.Sub(version) < f.cfg.FindingsTTL
 	}, func(key string, version time.Time, data []byte) {
 		if werr == nil {
 			werr = w.put(kindFindings, key, encodeFindings(version, data))
@@ -342,25 +359,22 @@ func (w *batchWriter) drop(kind byte, keys []string) error {
 	return nil
 }
 
-// flush writes the values gathered, with sequence numbers, without
-// publishing them (the others' reconcilers read them).
+// flush writes the values gathered, then their sequence numbers (see
+// store), without publishing them (the others' reconcilers read them).
 func (w *batchWriter) flush() error {
 	if len(w.ops) == 0 {
 		return nil
 	}
-	n := int64(len(w.ops))
-	end, err := w.f.rdb.IncrBy(w.ctx, w.f.keys.seq, n).Result()
+	ops := w.ops
+	w.ops = nil
+	seq, err := w.f.store(w.ctx, ops)
+	if err == nil {
+		pipe := w.f.rdb.Pipeline()
+		w.f.index(w.ctx, pipe, ops, seq)
+		_, err = pipe.Exec(w.ctx)
+	}
 	if err != nil {
-		return err
+		w.f.unindexed(ops)
 	}
-	seq := end - n
-	pipe := w.f.rdb.Pipeline()
-	for _, o := range w.ops {
-		seq++
-		pipe.HSet(w.ctx, w.f.keys.hash(o.kind), o.key, o.value)
-		pipe.ZAdd(w.ctx, w.f.keys.index(o.kind), redis.Z{Score: float64(seq), Member: o.key})
-	}
-	w.ops = w.ops[:0]
-	_, err = pipe.Exec(w.ctx)
 	return err
 }
