@@ -58,11 +58,11 @@ type storeWriter struct {
 func newStoreWriter(store state.Store, book *pinBook, ttl time.Duration, now func() time.Time, log *slog.Logger,
 	reg prometheus.Registerer) *storeWriter {
 	dropped := promauto.With(reg).NewCounter(prometheus.CounterOpts{Name: "tlspolicyd_findings_dropped_total",
-		Help: "Probe findings not written to the state store because its writer's queue was full (they stay in memory)."})
+		Help: "Findings (from probes or the fleet) not written to the state store because its writer's queue was full (they stay in memory)."})
 	return &storeWriter{store: store, book: book, ttl: ttl, now: now, log: log,
 		q: newQueue[findingsWrite](findingsQueueLen, dropped, log,
-			"findings are not being written to the state store as fast as probes gather them; those that do not fit "+
-				"stay in memory only (counted in tlspolicyd_findings_dropped_total)")}
+			"findings are not being written to the state store as fast as they arrive (from probes, or from the fleet "+
+				"when joining one); those that do not fit stay in memory only (counted in tlspolicyd_findings_dropped_total)")}
 }
 
 // offer queues findings for the store, without waiting, if they are worth
