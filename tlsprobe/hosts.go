@@ -65,12 +65,12 @@ type Hosts struct {
 	addrs   map[netip.Addr]*addrSlots
 	// names holds hosts' addresses for AddrTTL, by host name; lookups
 	// of one name at the same time share one (nameFlights).
-	names       *lru.Cache[string, hostAddrs]
+	names       *lru.Cache[string, heldAddrs]
 	nameFlights map[string]*nameFlight
 }
 
-// hostAddrs is a host's addresses as looked up at some time.
-type hostAddrs struct {
+// heldAddrs is a host's addresses as looked up at some time.
+type heldAddrs struct {
 	addrs []netip.Addr
 	at    time.Time
 }
@@ -120,7 +120,7 @@ func NewHosts(cfg HostsConfig) *Hosts {
 		cfg.Now = time.Now
 	}
 	results, _ := lru.New[hostKey, HostReport](cfg.Size) // Size > 0: no error
-	names, _ := lru.New[string, hostAddrs](cfg.Size)
+	names, _ := lru.New[string, heldAddrs](cfg.Size)
 	h := &Hosts{
 		cfg:         cfg,
 		handshakes:  make(chan struct{}, cfg.Handshakes),
@@ -252,7 +252,7 @@ func (h *Hosts) lookupAddrs(ctx context.Context, host string, lookup func(contex
 		f.addrs, f.err = lookup(ctx)
 		h.mu.Lock()
 		if f.err == nil {
-			h.names.Add(host, hostAddrs{addrs: f.addrs, at: at})
+			h.names.Add(host, heldAddrs{addrs: f.addrs, at: at})
 		}
 		delete(h.nameFlights, host)
 		h.mu.Unlock()
