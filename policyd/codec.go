@@ -149,8 +149,8 @@ func decodeFindings(b []byte, f *Findings, intern map[string]string) error {
 	f.DANE = dane.Verdict(d.uint())
 	f.DANEDetail = d.shared()
 	if d.bool() {
-		f.STS = &mtasts.Policy{Version: d.shared(), Mode: mtasts.Mode(d.uint()), MX: d.strs(), MaxAge: time.Duration(d.int()),
-			ID: d.str(), FetchedAt: d.time(), Lines: d.strs()}
+		f.setSTS(&mtasts.Policy{Version: d.shared(), Mode: mtasts.Mode(d.uint()), MX: d.strs(), MaxAge: time.Duration(d.int()),
+			ID: d.str(), FetchedAt: d.time(), Lines: d.strs()})
 	}
 	f.STSNote = d.shared()
 	f.RecheckAt = d.time()

@@ -3,6 +3,7 @@ package policyd
 import (
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tlspolicyd/tlspolicyd/dane"
@@ -26,6 +27,9 @@ type Findings struct {
 	// any; STSNote says how the last lookup went.
 	STS     *mtasts.Policy `json:"mta_sts,omitempty"`
 	STSNote string         `json:"mta_sts_note,omitempty"`
+	// stsAnswer keeps the answer STS gives, once rendered, for every copy
+	// of these findings; set with STS by setSTS.
+	stsAnswer *stsAnswer
 	// RecheckAt is when what the destination publishes must be read
 	// again: the soonest TTL of the records behind STS and DANE runs out
 	// (within dns.min_ttl and probe.ttl), so that a new MTA-STS id or a
@@ -74,10 +78,49 @@ func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f *Findings) (rul
 		}
 	}
 	if s.MTASTSEnabled && rule.MTASTS && k.Kind == rules.KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
-		text, note := renderSTS(*f.STS, k.Name, s.MinimumTLS, s.PostfixVersion)
-		return rules.LevelSecure, text, "MTA-STS policy in enforce mode (id " + f.STS.ID + ")" + note
+		text, why := f.stsAnswer.render(*f.STS, k.Name, s.MinimumTLS, s.PostfixVersion)
+		return rules.LevelSecure, text, why
 	}
 	return rules.LevelUnset, "", ""
+}
+
+// setSTS makes p the MTA-STS policy of f, with room to keep its answer.
+func (f *Findings) setSTS(p *mtasts.Policy) {
+	f.STS, f.stsAnswer = p, new(stsAnswer)
+}
+
+// stsAnswer is the answer an enforced MTA-STS policy gives, kept once
+// rendered: the policy text for Postfix is long and built from many parts,
+// and lookups of the destinations that publish a policy (the largest mail
+// providers among them) must not build it again at every hit. It is
+// rendered again only when what it depends on besides the policy changes:
+// the domain it is rendered for, and the settings a reload may change.
+type stsAnswer struct{ last atomic.Pointer[renderedSTS] }
+
+// renderedSTS is one rendering: the answer's text and why it applies, and
+// the inputs it was made from.
+type renderedSTS struct {
+	domain, minTLS string
+	version        rules.Version
+	text, why      string
+}
+
+// render returns the text and reason of pol's answer for domain (see
+// renderSTS), as kept if it was made from the same inputs. A nil a keeps
+// nothing (findings made without setSTS).
+func (a *stsAnswer) render(pol mtasts.Policy, domain, minTLS string, v rules.Version) (text, why string) {
+	if a != nil {
+		if r := a.last.Load(); r != nil && r.domain == domain && r.minTLS == minTLS && r.version == v {
+			return r.text, r.why
+		}
+	}
+	text, note := renderSTS(pol, domain, minTLS, v)
+	why = "MTA-STS policy in enforce mode (id " + pol.ID + ")" + note
+	if a != nil {
+		// domain may borrow the lookup's buffer: keep a copy.
+		a.last.Store(&renderedSTS{domain: strings.Clone(domain), minTLS: minTLS, version: v, text: text, why: why})
+	}
+	return text, why
 }
 
 // renderSTS writes an enforced MTA-STS policy for recipient domain as a

@@ -69,7 +69,7 @@ func (g *Gatherer) Gather(ctx context.Context, t tlsprobe.Target, prev Findings)
 			f.STSNote, stsTTL = r.Outcome.String(), g.recordTTL(r.TTL, r.Err != nil)
 			if r.OK {
 				p := r.Policy
-				f.STS = &p
+				f.setSTS(&p)
 			}
 		})
 	}
