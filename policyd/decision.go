@@ -42,8 +42,13 @@ func (d Decision) Probed() bool { return d.Findings != nil }
 func (d Decision) Found() bool { return d.Answer.Status == wire.StatusOK }
 
 // setLevel answers level l with the rules' policy text for it.
+//
+// It sets the answer's fields one by one: assigning a whole wire.Answer
+// built apart (policyAnswer) copies it through the stack, and the copy's
+// wide loads of narrower stores just made stall the CPU, at every lookup.
 func (d *Decision) setLevel(l rules.Level) {
-	d.Level, d.Answer = l, policyAnswer(d.rules, l)
+	d.Level = l
+	d.Answer.Status, d.Answer.Text, d.Answer.Label = wire.StatusOK, d.rules.PolicyText(l), l.String()
 }
 
 // raiseTo answers level l if it is above the answer so far.
