@@ -78,7 +78,7 @@ func published(rs *rules.Rules, rule *rules.Rule, k rules.Key, f *Findings) (rul
 		}
 	}
 	if s.MTASTSEnabled && rule.MTASTS && k.Kind == rules.KeyDomain && f.STS != nil && f.STS.Mode == mtasts.ModeEnforce {
-		text, why := f.stsAnswer.render(*f.STS, k.Name, s.MinimumTLS, s.PostfixVersion)
+		text, why := f.stsAnswer.render(f.STS, k.Name, s.MinimumTLS, s.PostfixVersion)
 		return rules.LevelSecure, text, why
 	}
 	return rules.LevelUnset, "", ""
@@ -107,14 +107,15 @@ type renderedSTS struct {
 
 // render returns the text and reason of pol's answer for domain (see
 // renderSTS), as kept if it was made from the same inputs. A nil a keeps
-// nothing (findings made without setSTS).
-func (a *stsAnswer) render(pol mtasts.Policy, domain, minTLS string, v rules.Version) (text, why string) {
+// nothing (findings made without setSTS). pol is taken by pointer: a hit
+// reads none of it.
+func (a *stsAnswer) render(pol *mtasts.Policy, domain, minTLS string, v rules.Version) (text, why string) {
 	if a != nil {
 		if r := a.last.Load(); r != nil && r.domain == domain && r.minTLS == minTLS && r.version == v {
 			return r.text, r.why
 		}
 	}
-	text, note := renderSTS(pol, domain, minTLS, v)
+	text, note := renderSTS(*pol, domain, minTLS, v)
 	why = "MTA-STS policy in enforce mode (id " + pol.ID + ")" + note
 	if a != nil {
 		// domain may borrow the lookup's buffer: keep a copy.
